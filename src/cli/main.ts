@@ -1,0 +1,42 @@
+import { isPalisadeError } from '../errors/index.js';
+
+const USAGE = `palisade — secure sandboxes for AI agents
+
+Usage:
+  palisade run [options] -- CMD [ARGS...]   run a command in a one-shot sandbox
+  palisade doctor                           check that this host can run sandboxes
+  palisade policy check ...                 explain what the policy decides for an action
+  palisade help                             show this help
+`;
+
+type Command = (args: string[]) => Promise<number>;
+
+async function loadCommand(name: string): Promise<Command | undefined> {
+  switch (name) {
+    default:
+      return undefined;
+  }
+}
+
+/** CLI entry point; returns the process exit status. */
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
+    process.stdout.write(USAGE);
+    return name === undefined ? 3 : 0;
+  }
+  const command = await loadCommand(name);
+  if (!command) {
+    process.stderr.write(`palisade: unknown command '${name}'. Run 'palisade help' for the list.\n`);
+    return 3;
+  }
+  try {
+    return await command(rest);
+  } catch (err) {
+    if (isPalisadeError(err)) {
+      process.stderr.write(`palisade: ${err.message} [${err.code}]\n`);
+      return 3;
+    }
+    throw err;
+  }
+}
