@@ -13,6 +13,14 @@ type Command = (args: string[]) => Promise<number>;
 
 async function loadCommand(name: string): Promise<Command | undefined> {
   switch (name) {
+    case 'run':
+      return (await import('./run.js')).runCommand;
+    case 'doctor':
+      return (await import('./doctor.js')).doctorCommand;
+    case 'demo':
+      return (await import('./demo.js')).demoCommand;
+    case 'policy':
+      return (await import('./policy.js')).policyCommand;
     default:
       return undefined;
   }

@@ -135,7 +135,10 @@ export interface ExecHandle {
   signal(signal: 'SIGINT' | 'SIGTERM' | 'SIGKILL' | 'SIGHUP' | 'SIGQUIT'): void;
   /** SIGINT, then kill the whole tree after a grace period. */
   interrupt(): void;
-  /** Kill every process the exec started (its cgroup). */
+  /**
+   * Kill every process the exec started (its cgroup), including processes it left running in
+   * the background after its main process ended.
+   */
   kill(): Promise<void>;
 }
 
