@@ -28,6 +28,15 @@ if (files.length === 0) {
   process.exit(1);
 }
 
+// Type errors anywhere (tests and benchmarks included) fail the run: tsx alone would strip them.
+if (process.env.PALISADE_SKIP_TYPECHECK !== '1') {
+  const tsc = spawnSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.json', '--noEmit'], { stdio: 'inherit' });
+  if (tsc.status !== 0) {
+    console.error('type check failed');
+    process.exit(1);
+  }
+}
+
 const result = spawnSync(
   process.execPath,
   ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-reporter=spec', ...files],

@@ -69,7 +69,7 @@ const distStamp = join(root, 'dist/src/cli/main.js');
 const srcNewest = Math.max(newestMtime(join(root, 'src')), statSync(join(root, 'tsconfig.json')).mtimeMs);
 if (!existsSync(distStamp) || statSync(distStamp).mtimeMs < srcNewest || process.env.PALISADE_REBUILD === '1') {
   log('compiling TypeScript');
-  execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.json'], {
+  execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
     cwd: root,
     stdio: 'inherit',
   });

@@ -16,6 +16,8 @@ const SCRIPT = [
 ].join('; ');
 
 export async function demoCommand(_args: string[]): Promise<number> {
-  process.stdout.write('palisade demo: running a command in a fresh sandbox (palisade run --shell ...)\n\n');
+  process.stdout.write(
+    'palisade demo: running a command in a fresh sandbox (palisade run --shell ...)\n\n',
+  );
   return runCommand(['--timeout', '20s', '--shell', '--', SCRIPT]);
 }

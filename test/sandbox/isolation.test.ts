@@ -56,20 +56,31 @@ describe('sandbox isolation (real bubblewrap sandboxes)', () => {
     for (const pid of pids) {
       const status = readFileSync(`/proc/${pid}/status`, 'utf8');
       const uids = /^Uid:\s+(.*)$/m.exec(status)![1]!.split(/\s+/).map(Number);
-      assert.deepEqual(uids, [sb.hostUid, sb.hostUid, sb.hostUid, sb.hostUid], 'real, effective, saved and fs uid');
+      assert.deepEqual(
+        uids,
+        [sb.hostUid, sb.hostUid, sb.hostUid, sb.hostUid],
+        'real, effective, saved and fs uid',
+      );
       assert.match(status, /^CapEff:\s+0+$/m);
       assert.match(status, /^NoNewPrivs:\s+1$/m);
     }
     // Seen from the host, the sandbox's uid 1000 maps to the sandbox's host uid (not 0).
-    const sleeper = pids.find((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').startsWith('sleep'));
+    const sleeper = pids.find((p) =>
+      readFileSync(`/proc/${p}/cmdline`, 'utf8').startsWith('sleep'),
+    );
     assert.ok(sleeper);
-    assert.match(readFileSync(`/proc/${sleeper}/uid_map`, 'utf8'), new RegExp(`^\\s*1000\\s+${sb.hostUid}\\s+1\\s*$`));
+    assert.match(
+      readFileSync(`/proc/${sleeper}/uid_map`, 'utf8'),
+      new RegExp(`^\\s*1000\\s+${sb.hostUid}\\s+1\\s*$`),
+    );
     await handle.kill();
     await handle.done;
   });
 
   it('has no capabilities, no_new_privs and a seccomp filter inside', async () => {
-    const r = await sh('grep -E "^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):" /proc/self/status');
+    const r = await sh(
+      'grep -E "^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):" /proc/self/status',
+    );
     assert.match(r.out, /CapEff:\s+0000000000000000/);
     assert.match(r.out, /CapBnd:\s+0000000000000000/);
     assert.match(r.out, /CapPrm:\s+0000000000000000/);
@@ -78,7 +89,9 @@ describe('sandbox isolation (real bubblewrap sandboxes)', () => {
   });
 
   it('cannot create namespaces or mount (seccomp + no capabilities)', async () => {
-    const r = await sh('unshare -U true; echo "u=$?"; unshare -n true; echo "n=$?"; mount -t tmpfs x /tmp 2>/dev/null; echo "m=$?"');
+    const r = await sh(
+      'unshare -U true; echo "u=$?"; unshare -n true; echo "n=$?"; mount -t tmpfs x /tmp 2>/dev/null; echo "m=$?"',
+    );
     assert.match(r.out, /u=[1-9]/);
     assert.match(r.out, /n=[1-9]/);
     assert.match(r.out, /m=[1-9]/);
@@ -98,7 +111,11 @@ describe('sandbox isolation (real bubblewrap sandboxes)', () => {
       .split('\n')
       .filter((l) => l.includes('='))
       .map((l) => l.split('=')[0]);
-    for (const n of names) assert.ok(['PATH', 'HOME', 'LANG', 'TERM', 'PWD', 'SHLVL', '_'].includes(n!), `unexpected variable ${n}`);
+    for (const n of names)
+      assert.ok(
+        ['PATH', 'HOME', 'LANG', 'TERM', 'PWD', 'SHLVL', '_'].includes(n!),
+        `unexpected variable ${n}`,
+      );
   });
 
   it('writes are only possible in /workspace and /tmp', async () => {

@@ -5,13 +5,32 @@
  * filter, the sandbox uid and the cgroup from the start.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, closeSync, copyFileSync, existsSync, renameSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
-import { isAbsolute, join, posix } from 'node:path';
+import {
+  chmodSync,
+  closeSync,
+  copyFileSync,
+  existsSync,
+  renameSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { dirname, isAbsolute, join, posix } from 'node:path';
 import type { Readable } from 'node:stream';
 import { constants as osConstants } from 'node:os';
 import { PalisadeError } from '../../errors/index.js';
 import { createCgroupManager, type CgroupManager, type SandboxCgroup } from '../cgroups/index.js';
-import { openWorkspacePool, checkDirectoryQuotaSupport, applyDirectoryQuota, type WorkspacePool } from '../workspace/index.js';
+import {
+  openWorkspacePool,
+  checkDirectoryQuotaSupport,
+  applyDirectoryQuota,
+  type WorkspacePool,
+} from '../workspace/index.js';
 import { BASE_ENV, composeEnv, validateEnv } from '../env.js';
 import { assertSandboxId, newSandboxId } from '../ids.js';
 import { DEFAULT_LIMITS, DEFAULT_MAX_LIMITS, resolveLimits } from '../limits.js';
@@ -25,8 +44,23 @@ import type {
   SandboxRuntime,
   SandboxStats,
 } from '../types.js';
-import { attachDecoder, encodeExec, encodeFrame, FrameType, MAX_REQUEST_FRAME, type AgentFrame } from './protocol.js';
-import { AGENT_PATH, filesystemArgs, NET_DIR, namespaceArgs, RESERVED_TARGETS, WORKSPACE, writeSyntheticEtc } from './layout.js';
+import {
+  attachDecoder,
+  encodeExec,
+  encodeFrame,
+  FrameType,
+  MAX_REQUEST_FRAME,
+  type AgentFrame,
+} from './protocol.js';
+import {
+  AGENT_PATH,
+  filesystemArgs,
+  NET_DIR,
+  namespaceArgs,
+  RESERVED_TARGETS,
+  WORKSPACE,
+  writeSyntheticEtc,
+} from './layout.js';
 import { checkRequirements, defaultHelperPath, formatMissing } from './requirements.js';
 import { buildSeccompProgram } from './seccomp.js';
 
@@ -70,7 +104,9 @@ export interface EngineConfig {
   workspacePoolBytes?: number;
 }
 
-type ResolvedConfig = Required<Omit<EngineConfig, 'defaultLimits' | 'maxLimits' | 'allowedMounts'>> & {
+type ResolvedConfig = Required<
+  Omit<EngineConfig, 'defaultLimits' | 'maxLimits' | 'allowedMounts'>
+> & {
   allowedMounts: AllowedMount[];
 };
 
@@ -180,8 +216,17 @@ export class BwrapRuntime implements SandboxRuntime {
       throw new PalisadeError('INVALID_ARGUMENT', 'engine dataDir must be an absolute path');
     }
     const uidRange = config.uidRange ?? { start: 1_900_000_000, count: 100_000 };
-    if (!Number.isInteger(uidRange.start) || !Number.isInteger(uidRange.count) || uidRange.start < 65536 || uidRange.count < 1 || uidRange.start + uidRange.count > 4_294_967_294) {
-      throw new PalisadeError('INVALID_ARGUMENT', 'uidRange must lie within 65536..4294967294 (sandbox uids are never 0 and never ordinary users)');
+    if (
+      !Number.isInteger(uidRange.start) ||
+      !Number.isInteger(uidRange.count) ||
+      uidRange.start < 65536 ||
+      uidRange.count < 1 ||
+      uidRange.start + uidRange.count > 4_294_967_294
+    ) {
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        'uidRange must lie within 65536..4294967294 (sandbox uids are never 0 and never ordinary users)',
+      );
     }
     const full: ResolvedConfig = {
       dataDir: config.dataDir,
@@ -199,17 +244,28 @@ export class BwrapRuntime implements SandboxRuntime {
       workspacePoolBytes: config.workspacePoolBytes ?? 64 * 1024 ** 3,
     };
     if (!/^[a-zA-Z0-9_-]{1,64}$/.test(full.cgroupPrefix)) {
-      throw new PalisadeError('INVALID_ARGUMENT', 'cgroupPrefix must be 1-64 characters of [A-Za-z0-9_-]');
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        'cgroupPrefix must be 1-64 characters of [A-Za-z0-9_-]',
+      );
     }
-    const checks = checkRequirements({ bwrapPath: full.bwrapPath, helperPath: full.helperPath, cgroupsRequired: full.cgroups === 'required' });
+    const checks = checkRequirements({
+      bwrapPath: full.bwrapPath,
+      helperPath: full.helperPath,
+      cgroupsRequired: full.cgroups === 'required',
+    });
     const missing = formatMissing(checks);
     if (missing) {
-      throw new PalisadeError('REQUIREMENT_MISSING', `cannot create sandboxes on this host: ${missing}. Run 'palisade doctor' for details.`);
+      throw new PalisadeError(
+        'REQUIREMENT_MISSING',
+        `cannot create sandboxes on this host: ${missing}. Run 'palisade doctor' for details.`,
+      );
     }
     // Traversable but not listable: bubblewrap runs as the sandbox's uid and must reach the
     // shared /etc files, the agent binary and its own workspace below the data directory.
     mkdirSync(full.dataDir, { recursive: true, mode: 0o711 });
     chmodSync(full.dataDir, 0o711);
+    assertTraversable(full.dataDir);
     const lock = acquireEngineLock(full.dataDir);
     try {
       return await BwrapRuntime.startLocked(full, config, checks, lock);
@@ -244,7 +300,10 @@ export class BwrapRuntime implements SandboxRuntime {
     let cgroups: CgroupManager | undefined;
     const cgSupport = checks.find((c) => c.name === 'cgroup limits');
     if (cgSupport?.ok) cgroups = createCgroupManager({ prefix: full.cgroupPrefix });
-    const pool = await openWorkspacePool({ dataDir: full.dataDir, sizeBytes: full.workspacePoolBytes });
+    const pool = await openWorkspacePool({
+      dataDir: full.dataDir,
+      sizeBytes: full.workspacePoolBytes,
+    });
     const runtime = new BwrapRuntime(full, defaults, max, cgroups, pool, seccompFile, etcDir, lock);
     await runtime.reapLeftovers();
     return runtime;
@@ -309,10 +368,15 @@ export class BwrapRuntime implements SandboxRuntime {
         return i;
       }
     }
-    throw new PalisadeError('SANDBOX_LIMIT_REACHED', 'no free sandbox uid left in the configured uidRange; destroy sandboxes or widen the range');
+    throw new PalisadeError(
+      'SANDBOX_LIMIT_REACHED',
+      'no free sandbox uid left in the configured uidRange; destroy sandboxes or widen the range',
+    );
   }
 
-  private resolveMounts(requested: CreateSandboxOptions['mounts']): Array<{ source: string; target: string; writable: boolean }> {
+  private resolveMounts(
+    requested: CreateSandboxOptions['mounts'],
+  ): Array<{ source: string; target: string; writable: boolean }> {
     if (requested === undefined) return [];
     if (!Array.isArray(requested) || requested.length > 32) {
       throw new PalisadeError('INVALID_ARGUMENT', 'mounts must be an array of at most 32 entries');
@@ -327,18 +391,33 @@ export class BwrapRuntime implements SandboxRuntime {
       } catch {
         throw new PalisadeError('INVALID_PATH', `mount source ${m.source} does not exist`);
       }
-      const entry = this.config.allowedMounts.find((a) => source === a.source || source.startsWith(a.source + '/'));
+      const entry = this.config.allowedMounts.find(
+        (a) => source === a.source || source.startsWith(a.source + '/'),
+      );
       if (!entry) {
-        throw new PalisadeError('INVALID_PATH', `mount source ${m.source} is not in the operator's allowedMounts list`);
+        throw new PalisadeError(
+          'INVALID_PATH',
+          `mount source ${m.source} is not in the operator's allowedMounts list`,
+        );
       }
-      const defaultTarget = posix.join(entry.target ?? entry.source, source.slice(entry.source.length));
-      const target = m.target === undefined ? defaultTarget : normaliseSandboxPath(m.target, 'mount target');
+      const defaultTarget = posix.join(
+        entry.target ?? entry.source,
+        source.slice(entry.source.length),
+      );
+      const target =
+        m.target === undefined ? defaultTarget : normaliseSandboxPath(m.target, 'mount target');
       if (RESERVED_TARGETS.some((r) => target === r || (r !== '/' && target.startsWith(r + '/')))) {
-        throw new PalisadeError('INVALID_PATH', `mount target ${target} would cover a system directory; choose a path like /mnt/name or /opt/name`);
+        throw new PalisadeError(
+          'INVALID_PATH',
+          `mount target ${target} would cover a system directory; choose a path like /mnt/name or /opt/name`,
+        );
       }
       const writable = m.writable === true;
       if (writable && !entry.writable) {
-        throw new PalisadeError('INVALID_PATH', `mount ${m.source} may only be mounted read-only (the operator did not mark it writable)`);
+        throw new PalisadeError(
+          'INVALID_PATH',
+          `mount ${m.source} may only be mounted read-only (the operator did not mark it writable)`,
+        );
       }
       return { source, target, writable };
     });
@@ -346,13 +425,20 @@ export class BwrapRuntime implements SandboxRuntime {
 
   async create(options: CreateSandboxOptions = {}): Promise<SandboxInfo> {
     if (this.closed) throw new PalisadeError('SANDBOX_CREATE_FAILED', 'the engine is shut down');
-    if (typeof options !== 'object' || options === null) throw new PalisadeError('INVALID_ARGUMENT', 'create options must be an object');
+    if (typeof options !== 'object' || options === null)
+      throw new PalisadeError('INVALID_ARGUMENT', 'create options must be an object');
     if (this.sandboxes.size >= this.config.maxSandboxes) {
-      throw new PalisadeError('SANDBOX_LIMIT_REACHED', `this engine already runs ${this.sandboxes.size} sandboxes (maxSandboxes); destroy some first`);
+      throw new PalisadeError(
+        'SANDBOX_LIMIT_REACHED',
+        `this engine already runs ${this.sandboxes.size} sandboxes (maxSandboxes); destroy some first`,
+      );
     }
     const template = options.template ?? { kind: 'host' as const };
     if (template.kind !== 'host') {
-      throw new PalisadeError('INVALID_ARGUMENT', `unknown template kind ${JSON.stringify((template as { kind: unknown }).kind)}; available: host`);
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `unknown template kind ${JSON.stringify((template as { kind: unknown }).kind)}; available: host`,
+      );
     }
     const limits = resolveLimits(options.limits, this.defaults, this.max);
     const sandboxEnv = validateEnv(options.env, 'sandbox env');
@@ -360,16 +446,37 @@ export class BwrapRuntime implements SandboxRuntime {
     const labels = validateLabels(options.labels);
     const mounts = this.resolveMounts(options.mounts);
     const bridges = (options.network?.bridges ?? []).map((b) => {
-      if (!Number.isInteger(b.port) || b.port < 1 || b.port > 65535 || typeof b.hostSocket !== 'string' || !isAbsolute(b.hostSocket)) {
-        throw new PalisadeError('INVALID_ARGUMENT', 'network bridges need a port 1-65535 and an absolute host socket path');
+      if (
+        !Number.isInteger(b.port) ||
+        b.port < 1 ||
+        b.port > 65535 ||
+        typeof b.hostSocket !== 'string' ||
+        !isAbsolute(b.hostSocket)
+      ) {
+        throw new PalisadeError(
+          'INVALID_ARGUMENT',
+          'network bridges need a port 1-65535 and an absolute host socket path',
+        );
       }
-      if (!existsSync(b.hostSocket)) throw new PalisadeError('INVALID_ARGUMENT', `network bridge socket ${b.hostSocket} does not exist`);
+      if (!existsSync(b.hostSocket))
+        throw new PalisadeError(
+          'INVALID_ARGUMENT',
+          `network bridge socket ${b.hostSocket} does not exist`,
+        );
       return b;
     });
-    if (bridges.length > 4) throw new PalisadeError('INVALID_ARGUMENT', 'at most 4 network bridges');
+    if (bridges.length > 4)
+      throw new PalisadeError('INVALID_ARGUMENT', 'at most 4 network bridges');
     if (options.workspaceDir !== undefined) {
-      if (typeof options.workspaceDir !== 'string' || !isAbsolute(options.workspaceDir) || !existsSync(options.workspaceDir)) {
-        throw new PalisadeError('INVALID_PATH', 'workspaceDir must be an existing absolute directory');
+      if (
+        typeof options.workspaceDir !== 'string' ||
+        !isAbsolute(options.workspaceDir) ||
+        !existsSync(options.workspaceDir)
+      ) {
+        throw new PalisadeError(
+          'INVALID_PATH',
+          'workspaceDir must be an existing absolute directory',
+        );
       }
     }
 
@@ -381,7 +488,8 @@ export class BwrapRuntime implements SandboxRuntime {
     let ownsWorkspace = false;
     const cleanup = async () => {
       if (cgroup) await cgroup.remove().catch(() => undefined);
-      if (workspace && ownsWorkspace) await this.pool.remove(id, { uid: hostUid }).catch(() => undefined);
+      if (workspace && ownsWorkspace)
+        await this.pool.remove(id, { uid: hostUid }).catch(() => undefined);
       this.usedSlots.delete(slot);
     };
     try {
@@ -399,7 +507,11 @@ export class BwrapRuntime implements SandboxRuntime {
           await applyDirectoryQuota(workspace, hostUid, limits.diskBytes);
         }
       } else {
-        workspace = await this.pool.create(id, { uid: hostUid, gid: hostUid }, { bytes: limits.diskBytes });
+        workspace = await this.pool.create(
+          id,
+          { uid: hostUid, gid: hostUid },
+          { bytes: limits.diskBytes },
+        );
         ownsWorkspace = true;
       }
       const info: SandboxInfo = {
@@ -429,7 +541,12 @@ export class BwrapRuntime implements SandboxRuntime {
     } catch (err) {
       await cleanup();
       if (err instanceof PalisadeError) throw err;
-      throw new PalisadeError('SANDBOX_CREATE_FAILED', `sandbox could not be created: ${(err as Error).message}`, undefined, { cause: err });
+      throw new PalisadeError(
+        'SANDBOX_CREATE_FAILED',
+        `sandbox could not be created: ${(err as Error).message}`,
+        undefined,
+        { cause: err },
+      );
     }
   }
 
@@ -454,7 +571,8 @@ export class BwrapRuntime implements SandboxRuntime {
       const seccompFd = 3;
       const agentArgs = ['agent'];
       cgroupDirs.forEach((_: string, i: number) => agentArgs.push('--cgroup-fd', String(4 + i)));
-      for (const b of parts.bridges) agentArgs.push('--bridge', `${b.port}:${NET_DIR}/${b.port}.sock`);
+      for (const b of parts.bridges)
+        agentArgs.push('--bridge', `${b.port}:${NET_DIR}/${b.port}.sock`);
       // bwrap reports the host pid of the sandbox's pid 1 (the agent) on this pipe.
       const infoFd = 4 + cgroupDirs.length;
       const bwrapArgs = [
@@ -514,12 +632,19 @@ export class BwrapRuntime implements SandboxRuntime {
       });
       proc.stdin!.on('error', () => undefined);
       const ready = new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error('the sandbox agent did not start within 10 s')), AGENT_READY_TIMEOUT_MS);
+        const timer = setTimeout(
+          () => reject(new Error('the sandbox agent did not start within 10 s')),
+          AGENT_READY_TIMEOUT_MS,
+        );
         const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
           clearTimeout(timer);
           // Give stderr a moment to arrive so the error names the cause.
           setImmediate(() =>
-            reject(new Error(`bubblewrap exited (${signal ?? `status ${code}`}) before the sandbox was ready: ${stderrChunks.join('').trim() || 'no message'}`)),
+            reject(
+              new Error(
+                `bubblewrap exited (${signal ?? `status ${code}`}) before the sandbox was ready: ${stderrChunks.join('').trim() || 'no message'}`,
+              ),
+            ),
           );
         };
         proc.once('exit', onExit);
@@ -550,7 +675,10 @@ export class BwrapRuntime implements SandboxRuntime {
       }
       proc.once('exit', (code, signal) => {
         if (rec.info.state === 'running' || rec.info.state === 'paused') {
-          this.agentFailed(rec, `the sandbox agent exited unexpectedly (${signal ?? `status ${code}`}) ${stderrChunks.join('').trim()}`);
+          this.agentFailed(
+            rec,
+            `the sandbox agent exited unexpectedly (${signal ?? `status ${code}`}) ${stderrChunks.join('').trim()}`,
+          );
         }
       });
       this.sandboxes.set(info.id, rec);
@@ -585,7 +713,11 @@ export class BwrapRuntime implements SandboxRuntime {
         const stage = frame.body.toString('utf8', 4);
         const what = ERRNO_TEXT[errno] ?? `errno ${errno}`;
         const message =
-          stage === 'exec' ? `cannot run the command: ${what}` : stage === 'chdir' ? `cannot enter the working directory: ${what}` : `cannot start the command (${stage}): ${what}`;
+          stage === 'exec'
+            ? `cannot run the command: ${what}`
+            : stage === 'chdir'
+              ? `cannot enter the working directory: ${what}`
+              : `cannot start the command (${stage}): ${what}`;
         const err = new PalisadeError('EXEC_START_FAILED', message, { stage, errno });
         ex.started.reject(err);
         this.endExec(rec, ex);
@@ -645,7 +777,8 @@ export class BwrapRuntime implements SandboxRuntime {
     ex.ended = true;
     if (ex.timer) clearTimeout(ex.timer);
     if (ex.graceTimer) clearTimeout(ex.graceTimer);
-    for (const p of ex.stdinQueue) p.reject(new PalisadeError('EXEC_FAILED', 'the command ended before reading its stdin'));
+    for (const p of ex.stdinQueue)
+      p.reject(new PalisadeError('EXEC_FAILED', 'the command ended before reading its stdin'));
     ex.stdinQueue = [];
     rec.execs.delete(ex.id);
     rec.cgroup?.removeExec(ex.name);
@@ -662,40 +795,75 @@ export class BwrapRuntime implements SandboxRuntime {
     const rec = this.sandboxes.get(id);
     if (!rec) throw new PalisadeError('SANDBOX_NOT_FOUND', `sandbox ${id} does not exist`);
     if (rec.info.state !== 'running') {
-      throw new PalisadeError('SANDBOX_NOT_RUNNING', `sandbox ${id} is ${rec.info.state} (${rec.info.reason}); only running sandboxes accept commands`);
+      throw new PalisadeError(
+        'SANDBOX_NOT_RUNNING',
+        `sandbox ${id} is ${rec.info.state} (${rec.info.reason}); only running sandboxes accept commands`,
+      );
     }
     return rec;
   }
 
-  private validateExec(request: ExecRequest): { argv: string[]; cwd: string; env: Record<string, string>; timeoutMs: number; maxOutput: number } {
-    if (typeof request !== 'object' || request === null) throw new PalisadeError('INVALID_ARGUMENT', 'exec request must be an object');
+  private validateExec(request: ExecRequest): {
+    argv: string[];
+    cwd: string;
+    env: Record<string, string>;
+    timeoutMs: number;
+    maxOutput: number;
+  } {
+    if (typeof request !== 'object' || request === null)
+      throw new PalisadeError('INVALID_ARGUMENT', 'exec request must be an object');
     const hasArgv = request.argv !== undefined;
     const hasCommand = request.command !== undefined;
-    if (hasArgv === hasCommand) throw new PalisadeError('INVALID_ARGUMENT', 'give exactly one of argv (no shell) or command (a shell string)');
+    if (hasArgv === hasCommand)
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        'give exactly one of argv (no shell) or command (a shell string)',
+      );
     let argv: string[];
     if (hasArgv) {
-      if (!Array.isArray(request.argv) || request.argv.length === 0 || request.argv.length > MAX_ARGS || !request.argv.every((a) => typeof a === 'string')) {
-        throw new PalisadeError('INVALID_ARGUMENT', `argv must be a non-empty array of at most ${MAX_ARGS} strings`);
+      if (
+        !Array.isArray(request.argv) ||
+        request.argv.length === 0 ||
+        request.argv.length > MAX_ARGS ||
+        !request.argv.every((a) => typeof a === 'string')
+      ) {
+        throw new PalisadeError(
+          'INVALID_ARGUMENT',
+          `argv must be a non-empty array of at most ${MAX_ARGS} strings`,
+        );
       }
       argv = request.argv;
-      if (argv[0] === '') throw new PalisadeError('INVALID_ARGUMENT', 'argv[0] (the program) must not be empty');
+      if (argv[0] === '')
+        throw new PalisadeError('INVALID_ARGUMENT', 'argv[0] (the program) must not be empty');
     } else {
       if (typeof request.command !== 'string' || request.command.length === 0) {
         throw new PalisadeError('INVALID_ARGUMENT', 'command must be a non-empty shell string');
       }
       argv = ['/bin/sh', '-c', request.command];
     }
-    if (argv.some((a) => a.includes('\0'))) throw new PalisadeError('INVALID_ARGUMENT', 'arguments must not contain NUL bytes');
+    if (argv.some((a) => a.includes('\0')))
+      throw new PalisadeError('INVALID_ARGUMENT', 'arguments must not contain NUL bytes');
     const cwd = request.cwd === undefined ? WORKSPACE : normaliseSandboxPath(request.cwd, 'cwd');
-    if (Buffer.byteLength(cwd) > MAX_CWD_BYTES) throw new PalisadeError('INVALID_PATH', 'cwd is too long');
+    if (Buffer.byteLength(cwd) > MAX_CWD_BYTES)
+      throw new PalisadeError('INVALID_PATH', 'cwd is too long');
     const env = validateEnv(request.env, 'exec env');
     const timeoutMs = request.timeoutMs ?? this.config.defaultExecTimeoutMs;
     if (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > this.config.maxExecTimeoutMs) {
-      throw new PalisadeError('INVALID_LIMIT', `timeoutMs must be a whole number between 1 and ${this.config.maxExecTimeoutMs}`);
+      throw new PalisadeError(
+        'INVALID_LIMIT',
+        `timeoutMs must be a whole number between 1 and ${this.config.maxExecTimeoutMs}`,
+      );
     }
     const maxOutput = request.maxOutputBytes ?? this.config.defaultMaxOutputBytes;
-    if (!Number.isInteger(maxOutput) || maxOutput < 0 || maxOutput > this.config.maxOutputBytesLimit) {
-      throw new PalisadeError('INVALID_LIMIT', `maxOutputBytes must be a whole number between 0 and ${this.config.maxOutputBytesLimit}`);
+    if (
+      !Number.isInteger(maxOutput) ||
+      maxOutput < 0 ||
+      maxOutput > this.config.maxOutputBytesLimit
+    ) {
+      throw new PalisadeError(
+        'INVALID_LIMIT',
+        `maxOutputBytes must be a whole number between 0 and ${this.config.maxOutputBytesLimit}`,
+      );
     }
     return { argv, cwd, env, timeoutMs, maxOutput };
   }
@@ -704,13 +872,19 @@ export class BwrapRuntime implements SandboxRuntime {
     const rec = this.requireRunning(sandboxId);
     const v = this.validateExec(request);
     if (rec.execs.size >= MAX_EXECS_PER_SANDBOX) {
-      throw new PalisadeError('SANDBOX_LIMIT_REACHED', `sandbox ${sandboxId} already runs ${MAX_EXECS_PER_SANDBOX} commands; wait for some to finish`);
+      throw new PalisadeError(
+        'SANDBOX_LIMIT_REACHED',
+        `sandbox ${sandboxId} already runs ${MAX_EXECS_PER_SANDBOX} commands; wait for some to finish`,
+      );
     }
     const stdinData = request.stdin === undefined ? undefined : Buffer.from(request.stdin);
     const envList = composeEnv(BASE_ENV, rec.env, v.env);
     const frame = encodeExec(rec.nextExecId, v.cwd, v.argv, envList);
     if (frame.length > MAX_REQUEST_FRAME) {
-      throw new PalisadeError('INVALID_ARGUMENT', `the command, its arguments and environment are larger than ${MAX_REQUEST_FRAME} bytes`);
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `the command, its arguments and environment are larger than ${MAX_REQUEST_FRAME} bytes`,
+      );
     }
     const id = rec.nextExecId++;
     let startedResolve!: () => void;
@@ -787,8 +961,10 @@ export class BwrapRuntime implements SandboxRuntime {
   }
 
   private writeStdin(rec: SandboxRecord, ex: ExecState, data: Buffer): Promise<void> {
-    if (ex.ended) return Promise.reject(new PalisadeError('EXEC_FAILED', 'the command has already ended'));
-    if (ex.stdinClosed) return Promise.reject(new PalisadeError('INVALID_ARGUMENT', 'stdin is already closed'));
+    if (ex.ended)
+      return Promise.reject(new PalisadeError('EXEC_FAILED', 'the command has already ended'));
+    if (ex.stdinClosed)
+      return Promise.reject(new PalisadeError('INVALID_ARGUMENT', 'stdin is already closed'));
     if (data.length === 0) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
       ex.stdinQueue.push({ data, resolve, reject, bytesLeftToAck: data.length });
@@ -824,7 +1000,8 @@ export class BwrapRuntime implements SandboxRuntime {
       } else break;
     }
     this.pumpStdin(rec, ex);
-    if (ex.stdinClosed && ex.stdinQueue.length === 0) rec.proc.stdin!.write(encodeFrame(FrameType.StdinClose, ex.id));
+    if (ex.stdinClosed && ex.stdinQueue.length === 0)
+      rec.proc.stdin!.write(encodeFrame(FrameType.StdinClose, ex.id));
   }
 
   private closeStdin(rec: SandboxRecord, ex: ExecState): void {
@@ -835,7 +1012,11 @@ export class BwrapRuntime implements SandboxRuntime {
 
   private signalExec(rec: SandboxRecord, ex: ExecState, name: string): void {
     const n = SIGNAL_NUMBERS[name];
-    if (n === undefined) throw new PalisadeError('INVALID_ARGUMENT', `unsupported signal ${name}; use SIGINT, SIGTERM, SIGKILL, SIGHUP or SIGQUIT`);
+    if (n === undefined)
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `unsupported signal ${name}; use SIGINT, SIGTERM, SIGKILL, SIGHUP or SIGQUIT`,
+      );
     if (ex.ended) return;
     const body = Buffer.alloc(4);
     body.writeUInt32LE(n, 0);
@@ -865,7 +1046,10 @@ export class BwrapRuntime implements SandboxRuntime {
     if (!rec) throw new PalisadeError('SANDBOX_NOT_FOUND', `sandbox ${sandboxId} does not exist`);
     if (rec.info.state === 'terminated') return;
     this.setState(rec, 'terminated', reason);
-    const err = new PalisadeError('SANDBOX_NOT_RUNNING', `sandbox ${sandboxId} was destroyed while the command ran`);
+    const err = new PalisadeError(
+      'SANDBOX_NOT_RUNNING',
+      `sandbox ${sandboxId} was destroyed while the command ran`,
+    );
     for (const ex of [...rec.execs.values()]) this.failExec(rec, ex, err);
     // A frozen cgroup cannot die: thaw first. Then kill every process (cgroup), and the bwrap
     // parent, whose death takes pid 1 and with it the whole pid namespace.
@@ -890,7 +1074,10 @@ export class BwrapRuntime implements SandboxRuntime {
         // already gone
       }
     }
-    const exited = await Promise.race([rec.exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 2000))]);
+    const exited = await Promise.race([
+      rec.exited.then(() => true),
+      new Promise<boolean>((r) => setTimeout(() => r(false), 2000)),
+    ]);
     if (!exited) {
       if (rec.cgroup) await rec.cgroup.killAll().catch(() => undefined);
       rec.proc.kill('SIGKILL');
@@ -901,7 +1088,11 @@ export class BwrapRuntime implements SandboxRuntime {
 
   async pause(sandboxId: string): Promise<void> {
     const rec = this.requireRunning(sandboxId);
-    if (!rec.cgroup) throw new PalisadeError('REQUIREMENT_MISSING', 'pause needs the freezer cgroup, which is not enforced on this engine (cgroups: optional)');
+    if (!rec.cgroup)
+      throw new PalisadeError(
+        'REQUIREMENT_MISSING',
+        'pause needs the freezer cgroup, which is not enforced on this engine (cgroups: optional)',
+      );
     await rec.cgroup.freeze();
     this.setState(rec, 'paused', 'paused by request');
   }
@@ -910,7 +1101,11 @@ export class BwrapRuntime implements SandboxRuntime {
     assertSandboxId(sandboxId);
     const rec = this.sandboxes.get(sandboxId);
     if (!rec) throw new PalisadeError('SANDBOX_NOT_FOUND', `sandbox ${sandboxId} does not exist`);
-    if (rec.info.state !== 'paused') throw new PalisadeError('SANDBOX_NOT_RUNNING', `sandbox ${sandboxId} is ${rec.info.state}, not paused`);
+    if (rec.info.state !== 'paused')
+      throw new PalisadeError(
+        'SANDBOX_NOT_RUNNING',
+        `sandbox ${sandboxId} is ${rec.info.state}, not paused`,
+      );
     await rec.cgroup!.thaw();
     this.setState(rec, 'running', 'resumed');
   }
@@ -920,7 +1115,9 @@ export class BwrapRuntime implements SandboxRuntime {
     const rec = this.sandboxes.get(sandboxId);
     if (!rec) throw new PalisadeError('SANDBOX_NOT_FOUND', `sandbox ${sandboxId} does not exist`);
     const cg = rec.cgroup?.stats();
-    const disk = rec.ownsWorkspace ? await this.pool.usage({ uid: rec.info.hostUid }).catch(() => undefined) : undefined;
+    const disk = rec.ownsWorkspace
+      ? await this.pool.usage({ uid: rec.info.hostUid }).catch(() => undefined)
+      : undefined;
     return {
       memoryBytes: cg?.memoryBytes ?? 0,
       memoryLimitBytes: cg?.memoryLimitBytes ?? rec.info.limits.memoryBytes,
@@ -934,7 +1131,11 @@ export class BwrapRuntime implements SandboxRuntime {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.all([...this.sandboxes.keys()].map((id) => this.destroy(id, 'engine shut down').catch(() => undefined)));
+    await Promise.all(
+      [...this.sandboxes.keys()].map((id) =>
+        this.destroy(id, 'engine shut down').catch(() => undefined),
+      ),
+    );
     await this.pool.close();
     releaseEngineLock(this.lockFile);
   }
@@ -954,12 +1155,31 @@ function acquireEngineLock(dataDir: string): string {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       const owner = Number(readFileSync(file, 'utf8').trim());
       if (Number.isInteger(owner) && owner > 0 && (owner === process.pid || isAlive(owner))) {
-        throw new PalisadeError('CONFLICT', `another Palisade engine (pid ${owner}) is using ${dataDir}; stop it or use a different data directory`);
+        throw new PalisadeError(
+          'CONFLICT',
+          `another Palisade engine (pid ${owner}) is using ${dataDir}; stop it or use a different data directory`,
+        );
       }
       rmSync(file, { force: true }); // stale lock of a crashed engine
     }
   }
   throw new PalisadeError('CONFLICT', `cannot lock ${dataDir}`);
+}
+
+/** Sandbox uids are nobody on the host: every directory above dataDir must let others pass through. */
+function assertTraversable(dataDir: string): void {
+  let dir = dataDir;
+  for (;;) {
+    const parent = dirname(dir);
+    if (parent === dir) return;
+    dir = parent;
+    if ((statSync(dir).mode & 0o001) === 0) {
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `data directory ${dataDir} is not reachable by sandbox users because ${dir} is not searchable by others; run chmod o+x ${dir} or choose another data directory`,
+      );
+    }
+  }
 }
 
 function releaseEngineLock(file: string): void {
@@ -981,13 +1201,17 @@ function isAlive(pid: number): boolean {
 
 function findBwrap(configured: string): string {
   if (configured.includes('/')) return configured;
-  for (const dir of ['/usr/bin', '/usr/local/bin', '/bin']) if (existsSync(join(dir, configured))) return join(dir, configured);
+  for (const dir of ['/usr/bin', '/usr/local/bin', '/bin'])
+    if (existsSync(join(dir, configured))) return join(dir, configured);
   return configured;
 }
 
 function normaliseAllowedMount(m: AllowedMount): AllowedMount {
   if (!m || typeof m.source !== 'string' || !isAbsolute(m.source)) {
-    throw new PalisadeError('INVALID_ARGUMENT', 'allowedMounts entries need an absolute source path');
+    throw new PalisadeError(
+      'INVALID_ARGUMENT',
+      'allowedMounts entries need an absolute source path',
+    );
   }
   let source: string;
   try {
@@ -995,7 +1219,12 @@ function normaliseAllowedMount(m: AllowedMount): AllowedMount {
   } catch {
     throw new PalisadeError('INVALID_ARGUMENT', `allowedMounts source ${m.source} does not exist`);
   }
-  return { source, target: m.target === undefined ? source : normaliseSandboxPath(m.target, 'allowedMounts target'), writable: m.writable === true };
+  return {
+    source,
+    target:
+      m.target === undefined ? source : normaliseSandboxPath(m.target, 'allowedMounts target'),
+    writable: m.writable === true,
+  };
 }
 
 /** Absolute, normalised path inside the sandbox; `..` cannot climb above `/`. */
@@ -1006,12 +1235,18 @@ export function normaliseSandboxPath(path: unknown, what: string): string {
   // '..' is refused outright rather than resolved: a caller that needs it is confused, and
   // the kernel (not this string) confines whatever path is used inside the sandbox.
   if (path.split('/').includes('..')) {
-    throw new PalisadeError('INVALID_PATH', `${what} ${JSON.stringify(path.slice(0, 200))} must not contain '..'; give an absolute path inside the sandbox or one relative to /workspace`);
+    throw new PalisadeError(
+      'INVALID_PATH',
+      `${what} ${JSON.stringify(path.slice(0, 200))} must not contain '..'; give an absolute path inside the sandbox or one relative to /workspace`,
+    );
   }
   const absolute = path.startsWith('/') ? path : posix.join(WORKSPACE, path);
   const normal = posix.normalize(absolute);
   if (!normal.startsWith('/')) {
-    throw new PalisadeError('INVALID_PATH', `${what} ${JSON.stringify(path)} is not a valid sandbox path`);
+    throw new PalisadeError(
+      'INVALID_PATH',
+      `${what} ${JSON.stringify(path)} is not a valid sandbox path`,
+    );
   }
   return normal.length > 1 && normal.endsWith('/') ? normal.slice(0, -1) : normal;
 }
@@ -1029,10 +1264,16 @@ export function validateLabels(labels: unknown): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of entries) {
     if (!LABEL_KEY.test(k)) {
-      throw new PalisadeError('INVALID_ARGUMENT', `invalid label key ${JSON.stringify(k.slice(0, 64))}: use 1-63 of a-z 0-9 . _ / - starting and ending with a letter or digit`);
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `invalid label key ${JSON.stringify(k.slice(0, 64))}: use 1-63 of a-z 0-9 . _ / - starting and ending with a letter or digit`,
+      );
     }
     if (typeof v !== 'string' || !LABEL_VALUE.test(v)) {
-      throw new PalisadeError('INVALID_ARGUMENT', `invalid value for label ${k}: use up to 63 of A-Z a-z 0-9 . _ - starting and ending with a letter or digit`);
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `invalid value for label ${k}: use up to 63 of A-Z a-z 0-9 . _ - starting and ending with a letter or digit`,
+      );
     }
     out[k] = v;
   }
