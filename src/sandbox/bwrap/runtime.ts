@@ -102,6 +102,19 @@ export interface EngineConfig {
   maxOutputBytesLimit?: number;
   /** Sparse size of the workspace pool image. @default 64 GiB */
   workspacePoolBytes?: number;
+  /**
+   * Workspaces (default disk size) prepared ahead of time so that create does not wait for
+   * mkfs and mount. 0 disables. @default 2
+   */
+  warmWorkspaces?: number;
+}
+
+/** A sandbox identity whose workspace is being prepared before anyone asked for it. */
+interface WarmWorkspace {
+  id: string;
+  slot: number;
+  hostUid: number;
+  workspace: Promise<string>;
 }
 
 type ResolvedConfig = Required<
@@ -198,6 +211,8 @@ export class BwrapRuntime implements SandboxRuntime {
   private readonly usedSlots = new Set<number>();
   private readonly listeners = new Set<(info: SandboxInfo) => void>();
   private closed = false;
+  private readonly warm: WarmWorkspace[] = [];
+  private refilling: Promise<void> | undefined;
 
   private constructor(
     private readonly config: ResolvedConfig,
@@ -242,7 +257,18 @@ export class BwrapRuntime implements SandboxRuntime {
       defaultMaxOutputBytes: config.defaultMaxOutputBytes ?? 1024 * 1024,
       maxOutputBytesLimit: config.maxOutputBytesLimit ?? 64 * 1024 * 1024,
       workspacePoolBytes: config.workspacePoolBytes ?? 64 * 1024 ** 3,
+      warmWorkspaces: config.warmWorkspaces ?? 2,
     };
+    if (
+      !Number.isInteger(full.warmWorkspaces) ||
+      full.warmWorkspaces < 0 ||
+      full.warmWorkspaces > 64
+    ) {
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        'warmWorkspaces must be a whole number between 0 and 64',
+      );
+    }
     if (!/^[a-zA-Z0-9_-]{1,64}$/.test(full.cgroupPrefix)) {
       throw new PalisadeError(
         'INVALID_ARGUMENT',
@@ -306,6 +332,7 @@ export class BwrapRuntime implements SandboxRuntime {
     });
     const runtime = new BwrapRuntime(full, defaults, max, cgroups, pool, seccompFile, etcDir, lock);
     await runtime.reapLeftovers();
+    runtime.refillWarm();
     return runtime;
   }
 
@@ -335,6 +362,69 @@ export class BwrapRuntime implements SandboxRuntime {
     if (this.cgroups) await this.cgroups.reapLeftovers(new Set());
     await this.pool.reapLeftovers(new Set());
     rmSync(join(this.config.dataDir, 'sandboxes'), { recursive: true, force: true });
+  }
+
+  /** Keeps `warmWorkspaces` default-size workspaces ready, one at a time, in the background. */
+  private refillWarm(): void {
+    if (this.refilling || this.closed) return;
+    this.refilling = (async () => {
+      while (
+        !this.closed &&
+        this.warm.length < this.config.warmWorkspaces &&
+        this.sandboxes.size + this.warm.length < this.config.maxSandboxes
+      ) {
+        let slot: number;
+        try {
+          slot = this.allocateSlot();
+        } catch {
+          return;
+        }
+        const id = newSandboxId();
+        const hostUid = this.config.uidRange.start + slot;
+        const workspace = this.pool.create(
+          id,
+          { uid: hostUid, gid: hostUid },
+          { bytes: this.defaults.diskBytes },
+        );
+        const entry: WarmWorkspace = { id, slot, hostUid, workspace };
+        this.warm.push(entry);
+        const ok = await workspace.then(
+          () => true,
+          () => false,
+        );
+        if (!ok) {
+          // Preparing failed (e.g. disk full); create() reports the real error when it tries itself.
+          const at = this.warm.indexOf(entry);
+          if (at >= 0) this.warm.splice(at, 1);
+          this.usedSlots.delete(slot);
+          return;
+        }
+      }
+    })().finally(() => {
+      this.refilling = undefined;
+    });
+  }
+
+  /** A prepared identity and workspace, if one fits the request. */
+  private async takeWarm(
+    limits: ResourceLimits,
+    options: CreateSandboxOptions,
+  ): Promise<{ id: string; slot: number; hostUid: number; workspace: string } | undefined> {
+    if (options.workspaceDir !== undefined || limits.diskBytes !== this.defaults.diskBytes)
+      return undefined;
+    const entry = this.warm.shift();
+    if (!entry) return undefined;
+    try {
+      return {
+        id: entry.id,
+        slot: entry.slot,
+        hostUid: entry.hostUid,
+        workspace: await entry.workspace,
+      };
+    } catch {
+      this.usedSlots.delete(entry.slot);
+      return undefined;
+    }
   }
 
   onStateChange(listener: (info: SandboxInfo) => void): () => void {
@@ -480,12 +570,13 @@ export class BwrapRuntime implements SandboxRuntime {
       }
     }
 
-    const id = newSandboxId();
-    const slot = this.allocateSlot();
+    const warm = await this.takeWarm(limits, options);
+    const id = warm?.id ?? newSandboxId();
+    const slot = warm?.slot ?? this.allocateSlot();
     const hostUid = this.config.uidRange.start + slot;
     let cgroup: SandboxCgroup | undefined;
-    let workspace: string | undefined;
-    let ownsWorkspace = false;
+    let workspace: string | undefined = warm?.workspace;
+    let ownsWorkspace = warm !== undefined;
     const cleanup = async () => {
       if (cgroup) await cgroup.remove().catch(() => undefined);
       if (workspace && ownsWorkspace)
@@ -494,7 +585,9 @@ export class BwrapRuntime implements SandboxRuntime {
     };
     try {
       if (this.cgroups) cgroup = this.cgroups.create(id, limits, hostUid, hostUid);
-      if (options.workspaceDir !== undefined) {
+      if (warm) {
+        // prepared ahead of time by refillWarm
+      } else if (options.workspaceDir !== undefined) {
         workspace = realpathSync(options.workspaceDir);
         if (limits.diskBytes > 0) {
           const support = await checkDirectoryQuotaSupport(workspace);
@@ -526,6 +619,7 @@ export class BwrapRuntime implements SandboxRuntime {
         hostUid,
         cgroupsEnforced: cgroup !== undefined,
       };
+      if (workspace === undefined) throw new Error('workspace was not prepared');
       const rec = await this.spawnSandbox(info, {
         cgroup,
         workspace,
@@ -537,6 +631,7 @@ export class BwrapRuntime implements SandboxRuntime {
         tmpBytes: limits.tmpBytes,
       });
       this.setState(rec, 'running', 'started');
+      this.refillWarm();
       return rec.info;
     } catch (err) {
       await cleanup();
@@ -1058,6 +1153,7 @@ export class BwrapRuntime implements SandboxRuntime {
     if (rec.ownsWorkspace) await this.pool.remove(sandboxId, { uid: rec.info.hostUid });
     this.sandboxes.delete(sandboxId);
     this.usedSlots.delete(rec.slot);
+    this.refillWarm();
   }
 
   /**
@@ -1136,6 +1232,15 @@ export class BwrapRuntime implements SandboxRuntime {
         this.destroy(id, 'engine shut down').catch(() => undefined),
       ),
     );
+    await this.refilling;
+    for (const entry of this.warm.splice(0)) {
+      const made = await entry.workspace.then(
+        () => true,
+        () => false,
+      );
+      if (made) await this.pool.remove(entry.id, { uid: entry.hostUid }).catch(() => undefined);
+      this.usedSlots.delete(entry.slot);
+    }
     await this.pool.close();
     releaseEngineLock(this.lockFile);
   }
