@@ -136,7 +136,8 @@ async function main(): Promise<void> {
     process.stderr.write(`${IDLE_SANDBOXES} idle sandboxes\n`);
     const idle: SandboxInfo[] = [];
     const tIdle = performance.now();
-    for (let i = 0; i < IDLE_SANDBOXES; i++) idle.push(await engine.create());
+    // 256 MiB workspaces: quotas are never overcommitted and the pool budget is 64 GiB.
+    for (let i = 0; i < IDLE_SANDBOXES; i++) idle.push(await engine.create({ limits: { diskBytes: 256 * 1024 * 1024 } }));
     const idleCreateMs = performance.now() - tIdle;
     await new Promise((r) => setTimeout(r, 500));
     let rss = 0;
