@@ -1,11 +1,23 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, chmodSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { isPalisadeError } from '../../src/errors/index.js';
-import { createSandboxRuntime, type SandboxInfo, type SandboxRuntime } from '../../src/sandbox/index.js';
-import { cgroupDirsFor, hostPidsOfUid, mountsUnder, startTestEngine, testEngineConfig, waitFor } from './helpers.js';
+import {
+  createSandboxRuntime,
+  type SandboxInfo,
+  type SandboxRuntime,
+} from '../../src/sandbox/index.js';
+import {
+  cgroupDirsFor,
+  hostPidsOfUid,
+  mountsUnder,
+  startTestEngine,
+  testEngineConfig,
+  waitFor,
+} from './helpers.js';
 
 describe('sandbox lifecycle and cleanup', () => {
   let engine: SandboxRuntime;
@@ -18,7 +30,10 @@ describe('sandbox lifecycle and cleanup', () => {
 
   it('destroy leaves no process, cgroup or mount behind', async () => {
     const sb = await engine.create();
-    await engine.exec(sb.id, { command: 'sleep 1000 & setsid sleep 1000 & sleep 1000', timeoutMs: 60_000 });
+    await engine.exec(sb.id, {
+      command: 'sleep 1000 & setsid sleep 1000 & sleep 1000',
+      timeoutMs: 60_000,
+    });
     assert.ok(hostPidsOfUid(sb.hostUid).length >= 4);
     assert.ok(cgroupDirsFor(config.cgroupPrefix!, sb.id).length > 0, 'the sandbox had cgroups');
     const states: string[] = [];
@@ -28,9 +43,14 @@ describe('sandbox lifecycle and cleanup', () => {
     assert.deepEqual(states, ['terminated']);
     assert.deepEqual(hostPidsOfUid(sb.hostUid), []);
     assert.deepEqual(cgroupDirsFor(config.cgroupPrefix!, sb.id), []);
-    assert.deepEqual(mountsUnder(config.dataDir).filter((l) => l.includes(sb.id)), []);
+    assert.deepEqual(
+      mountsUnder(config.dataDir).filter((l) => l.includes(sb.id)),
+      [],
+    );
     assert.equal(engine.get(sb.id), undefined);
-    await assert.rejects(engine.run(sb.id, { argv: ['true'] }), (e) => isPalisadeError(e, 'SANDBOX_NOT_FOUND'));
+    await assert.rejects(engine.run(sb.id, { argv: ['true'] }), (e) =>
+      isPalisadeError(e, 'SANDBOX_NOT_FOUND'),
+    );
     await assert.rejects(engine.destroy(sb.id), (e) => isPalisadeError(e, 'SANDBOX_NOT_FOUND'));
   });
 
@@ -52,11 +72,16 @@ describe('sandbox lifecycle and cleanup', () => {
 
   it('pause freezes every process and resume continues them', async () => {
     const sb = await engine.create();
-    await engine.exec(sb.id, { command: 'i=0; while :; do i=$((i+1)); echo $i > /workspace/count; sleep 0.02; done', timeoutMs: 60_000 });
+    await engine.exec(sb.id, {
+      command: 'i=0; while :; do i=$((i+1)); echo $i > /workspace/count; sleep 0.02; done',
+      timeoutMs: 60_000,
+    });
     await new Promise((r) => setTimeout(r, 200));
     await engine.pause(sb.id);
     assert.equal(engine.get(sb.id)!.state, 'paused');
-    await assert.rejects(engine.run(sb.id, { argv: ['true'] }), (e) => isPalisadeError(e, 'SANDBOX_NOT_RUNNING'));
+    await assert.rejects(engine.run(sb.id, { argv: ['true'] }), (e) =>
+      isPalisadeError(e, 'SANDBOX_NOT_RUNNING'),
+    );
     const { readFileSync } = await import('node:fs');
     const stats = await engine.stats(sb.id);
     assert.ok(stats.pids >= 2);
@@ -67,7 +92,10 @@ describe('sandbox lifecycle and cleanup', () => {
     assert.equal(readFileSync(countFile, 'utf8'), c1, 'no progress while paused');
     await engine.resume(sb.id);
     assert.equal(engine.get(sb.id)!.state, 'running');
-    assert.ok(await waitFor(() => readFileSync(countFile, 'utf8') !== c1, 3000), 'progress after resume');
+    assert.ok(
+      await waitFor(() => readFileSync(countFile, 'utf8') !== c1, 3000),
+      'progress after resume',
+    );
     await engine.destroy(sb.id);
   });
 
@@ -80,7 +108,10 @@ describe('sandbox lifecycle and cleanup', () => {
     assert.ok(s.pids >= 1);
     assert.ok(s.cpuUsageNs > 0);
     assert.ok(s.diskBytes !== null && s.diskBytes >= 3_000_000, String(s.diskBytes));
-    assert.equal(engine.list().some((i) => i.id === sb.id && i.state === 'running' && i.cgroupsEnforced), true);
+    assert.equal(
+      engine.list().some((i) => i.id === sb.id && i.state === 'running' && i.cgroupsEnforced),
+      true,
+    );
     await engine.destroy(sb.id);
   });
 
@@ -94,19 +125,58 @@ describe('fail closed', () => {
     const config = testEngineConfig('nobwrap', { bwrapPath: '/nonexistent/bwrap' });
     await assert.rejects(
       createSandboxRuntime(config),
-      (e) => isPalisadeError(e, 'REQUIREMENT_MISSING') && /bubblewrap/.test(e.message) && /apt-get install bubblewrap/.test(e.message),
+      (e) =>
+        isPalisadeError(e, 'REQUIREMENT_MISSING') &&
+        /bubblewrap/.test(e.message) &&
+        /apt-get install bubblewrap/.test(e.message),
     );
     assert.equal(existsSync(join(config.dataDir, 'engine.lock')), false);
   });
 
   it('with the native helper missing the engine refuses to start', async () => {
     const config = testEngineConfig('nohelper', { helperPath: '/nonexistent/palisade-sandbox' });
-    await assert.rejects(createSandboxRuntime(config), (e) => isPalisadeError(e, 'REQUIREMENT_MISSING') && /npm run setup/.test(e.message));
+    await assert.rejects(
+      createSandboxRuntime(config),
+      (e) => isPalisadeError(e, 'REQUIREMENT_MISSING') && /npm run setup/.test(e.message),
+    );
+  });
+
+  it('with the cgroup controllers missing the engine refuses to start (limits are never silently dropped)', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'palisade-nocgroup-'));
+    const config = testEngineConfig('nocg', { cgroupRoot: root });
+    await assert.rejects(
+      createSandboxRuntime(config),
+      (e) => isPalisadeError(e, 'REQUIREMENT_MISSING') && /cgroup/.test(e.message),
+    );
+  });
+
+  it('the operator can relax the cgroup requirement explicitly; the relaxation is visible', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'palisade-nocgroup-'));
+    const engine = await createSandboxRuntime(
+      testEngineConfig('relaxed', { cgroupRoot: root, cgroups: 'optional' }),
+    );
+    try {
+      const sb = await engine.create();
+      assert.equal(sb.cgroupsEnforced, false);
+      const r = await engine.run(sb.id, { command: 'sleep 100 & sleep 100', timeoutMs: 300 });
+      assert.equal(r.timedOut, true, 'timeouts still kill (the process group)');
+      await assert.rejects(
+        engine.pause(sb.id),
+        (e) => isPalisadeError(e, 'REQUIREMENT_MISSING') && /freezer/.test(e.message),
+      );
+      const pids = hostPidsOfUid(sb.hostUid);
+      await engine.destroy(sb.id);
+      assert.deepEqual(hostPidsOfUid(sb.hostUid), [], `left: ${pids}`);
+    } finally {
+      await engine.close();
+    }
   });
 
   it('rejects a uid range that could include root or ordinary users', async () => {
     const config = testEngineConfig('baduid', { uidRange: { start: 0, count: 10 } });
-    await assert.rejects(createSandboxRuntime(config), (e) => isPalisadeError(e, 'INVALID_ARGUMENT'));
+    await assert.rejects(createSandboxRuntime(config), (e) =>
+      isPalisadeError(e, 'INVALID_ARGUMENT'),
+    );
   });
 });
 
@@ -124,7 +194,9 @@ process.stdout.write('READY ' + sb.id + ' ' + sb.hostUid + '\\n');
 setInterval(() => {}, 1000);
 `,
     );
-    const child = spawn(process.execPath, ['--import', 'tsx', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['--import', 'tsx', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     const line = await new Promise<string>((resolve, reject) => {
       let buf = '';
       child.stdout.on('data', (c) => {
@@ -139,12 +211,21 @@ setInterval(() => {}, 1000);
     child.kill('SIGKILL');
     await new Promise((r) => child.once('exit', r));
     // The sandbox dies with its engine (die-with-parent); what stays behind is state on disk and in cgroupfs.
-    assert.ok(await waitFor(() => hostPidsOfUid(hostUid).length === 0, 5000), 'sandbox processes died with the engine');
-    assert.ok(cgroupDirsFor(config.cgroupPrefix!, id!).length > 0, 'cgroups were left behind by the crash');
+    assert.ok(
+      await waitFor(() => hostPidsOfUid(hostUid).length === 0, 5000),
+      'sandbox processes died with the engine',
+    );
+    assert.ok(
+      cgroupDirsFor(config.cgroupPrefix!, id!).length > 0,
+      'cgroups were left behind by the crash',
+    );
     const engine = await createSandboxRuntime(config);
     try {
       assert.deepEqual(cgroupDirsFor(config.cgroupPrefix!, id!), []);
-      assert.deepEqual(mountsUnder(config.dataDir).filter((l) => l.includes(id!)), []);
+      assert.deepEqual(
+        mountsUnder(config.dataDir).filter((l) => l.includes(id!)),
+        [],
+      );
       assert.deepEqual(hostPidsOfUid(hostUid), []);
       const sb: SandboxInfo = await engine.create();
       assert.equal((await engine.run(sb.id, { argv: ['true'] })).exitCode, 0);
@@ -159,3 +240,59 @@ function findWorkspace(dataDir: string, id: string): string {
   assert.ok(line, 'workspace mount');
   return line.split(' ')[4]!;
 }
+
+describe('extra mounts from the operator allowlist (001 #9, #15)', () => {
+  it('mounts only allowlisted paths, read-only unless allowed, and resolves symlinks before checking', async () => {
+    const base = mkdtempSync(join(tmpdir(), 'palisade-mounts-'));
+    chmodSync(base, 0o755);
+    const skills = join(base, 'skills');
+    const scratch = join(base, 'scratch');
+    const secret = join(base, 'secret');
+    for (const d of [skills, scratch, secret]) {
+      mkdirSync(d, { mode: 0o755 });
+      chmodSync(d, 0o777);
+    }
+    writeFileSync(join(skills, 'skill.md'), 'a shared skill\n');
+    writeFileSync(join(secret, 'key'), 'host secret\n');
+    symlinkSync(secret, join(skills, 'escape'));
+    const engine = await createSandboxRuntime(
+      testEngineConfig('mounts', {
+        allowedMounts: [
+          { source: skills, target: '/skills' },
+          { source: scratch, target: '/mnt/scratch', writable: true },
+        ],
+      }),
+    );
+    try {
+      const sb = await engine.create({
+        mounts: [{ source: skills }, { source: scratch, writable: true }],
+      });
+      const r = await engine.run(sb.id, {
+        command:
+          'cat /skills/skill.md; touch /skills/new 2>/dev/null && echo WROTE-SKILLS; touch /mnt/scratch/ok && echo scratch-ok; cat /skills/escape/key 2>/dev/null || echo no-escape',
+      });
+      assert.equal(r.stdout.toString(), 'a shared skill\nscratch-ok\nno-escape\n');
+      await assert.rejects(
+        engine.create({ mounts: [{ source: skills, writable: true }] }),
+        (e) => isPalisadeError(e, 'INVALID_PATH') && /read-only/.test(e.message),
+      );
+      await assert.rejects(
+        engine.create({ mounts: [{ source: join(skills, 'escape') }] }),
+        (e) => isPalisadeError(e, 'INVALID_PATH') && /allowedMounts/.test(e.message),
+      );
+      await assert.rejects(engine.create({ mounts: [{ source: secret }] }), (e) =>
+        isPalisadeError(e, 'INVALID_PATH'),
+      );
+      await assert.rejects(
+        engine.create({ mounts: [{ source: skills, target: '/etc' }] }),
+        (e) => isPalisadeError(e, 'INVALID_PATH') && /system directory/.test(e.message),
+      );
+      await assert.rejects(
+        engine.create({ mounts: [{ source: skills, target: '/usr/lib/x' }] }),
+        (e) => isPalisadeError(e, 'INVALID_PATH'),
+      );
+    } finally {
+      await engine.close();
+    }
+  });
+});

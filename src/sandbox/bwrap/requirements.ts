@@ -61,12 +61,21 @@ function readText(path: string): string | undefined {
 }
 
 export function checkBwrap(bwrapPath: string): RequirementCheck {
-  const fix = 'install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) or set the engine option bwrapPath';
+  const fix =
+    'install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap) or set the engine option bwrapPath';
   const found = findBinary(bwrapPath);
-  if (!found) return { name: 'bubblewrap', ok: false, required: true, detail: `${bwrapPath} not found`, fix };
+  if (!found)
+    return { name: 'bubblewrap', ok: false, required: true, detail: `${bwrapPath} not found`, fix };
   const r = spawnSync(found, ['--version'], { encoding: 'utf8', timeout: 5000 });
   const m = /(\d+)\.(\d+)\.(\d+)/.exec(r.stdout ?? '');
-  if (r.status !== 0 || !m) return { name: 'bubblewrap', ok: false, required: true, detail: `${found} --version failed`, fix };
+  if (r.status !== 0 || !m)
+    return {
+      name: 'bubblewrap',
+      ok: false,
+      required: true,
+      detail: `${found} --version failed`,
+      fix,
+    };
   const version = [Number(m[1]), Number(m[2]), Number(m[3])];
   if (compareVersions(version, MIN_BWRAP_VERSION) < 0) {
     return {
@@ -77,13 +86,23 @@ export function checkBwrap(bwrapPath: string): RequirementCheck {
       fix: 'upgrade bubblewrap',
     };
   }
-  return { name: 'bubblewrap', ok: true, required: true, detail: `${found} version ${version.join('.')}` };
+  return {
+    name: 'bubblewrap',
+    ok: true,
+    required: true,
+    detail: `${found} version ${version.join('.')}`,
+  };
 }
 
 export function checkRoot(): RequirementCheck {
   const uid = process.getuid?.() ?? -1;
   return uid === 0
-    ? { name: 'privileges', ok: true, required: true, detail: 'running as root (needed to give each sandbox its own host uid and cgroup)' }
+    ? {
+        name: 'privileges',
+        ok: true,
+        required: true,
+        detail: 'running as root (needed to give each sandbox its own host uid and cgroup)',
+      }
     : {
         name: 'privileges',
         ok: false,
@@ -111,30 +130,55 @@ export function checkUserNamespaces(): RequirementCheck {
   const debianSwitch = readText('/proc/sys/kernel/unprivileged_userns_clone');
   const apparmor = readText('/proc/sys/kernel/apparmor_restrict_unprivileged_userns');
   if (!existsSync('/proc/self/ns/user') || max <= 0) {
-    return { name: 'user namespaces', ok: false, required: true, detail: `user namespaces unavailable (user.max_user_namespaces=${max})`, fix: 'sysctl -w user.max_user_namespaces=15000' };
+    return {
+      name: 'user namespaces',
+      ok: false,
+      required: true,
+      detail: `user namespaces unavailable (user.max_user_namespaces=${max})`,
+      fix: 'sysctl -w user.max_user_namespaces=15000',
+    };
   }
   if (debianSwitch === '0') {
-    return { name: 'user namespaces', ok: false, required: true, detail: 'kernel.unprivileged_userns_clone=0', fix: 'sysctl -w kernel.unprivileged_userns_clone=1' };
+    return {
+      name: 'user namespaces',
+      ok: false,
+      required: true,
+      detail: 'kernel.unprivileged_userns_clone=0',
+      fix: 'sysctl -w kernel.unprivileged_userns_clone=1',
+    };
   }
   if (apparmor === '1') {
     return {
       name: 'user namespaces',
       ok: false,
       required: true,
-      detail: 'AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)',
+      detail:
+        'AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)',
       fix: 'add an AppArmor profile allowing userns for bwrap, or sysctl -w kernel.apparmor_restrict_unprivileged_userns=0',
     };
   }
-  return { name: 'user namespaces', ok: true, required: true, detail: `available (user.max_user_namespaces=${max})` };
+  return {
+    name: 'user namespaces',
+    ok: true,
+    required: true,
+    detail: `available (user.max_user_namespaces=${max})`,
+  };
 }
 
 export function checkSeccomp(): RequirementCheck {
   const status = readText('/proc/self/status') ?? '';
   const actions = readText('/proc/sys/kernel/seccomp/actions_avail') ?? '';
-  const ok = /^Seccomp:/m.test(status) && actions.includes('errno') && actions.includes('kill_process');
+  const ok =
+    /^Seccomp:/m.test(status) && actions.includes('errno') && actions.includes('kill_process');
   return ok
     ? { name: 'seccomp', ok, required: true, detail: `seccomp filters supported (${actions})` }
-    : { name: 'seccomp', ok, required: true, detail: 'seccomp filter mode is not available in this kernel', fix: 'use a kernel built with CONFIG_SECCOMP_FILTER=y' };
+    : {
+        name: 'seccomp',
+        ok,
+        required: true,
+        detail: 'seccomp filter mode is not available in this kernel',
+        fix: 'use a kernel built with CONFIG_SECCOMP_FILTER=y',
+      };
 }
 
 export function checkHelper(helperPath: string): RequirementCheck {
@@ -142,12 +186,18 @@ export function checkHelper(helperPath: string): RequirementCheck {
     accessSync(helperPath, constants.X_OK);
     return { name: 'native helper', ok: true, required: true, detail: helperPath };
   } catch {
-    return { name: 'native helper', ok: false, required: true, detail: `${helperPath} is missing`, fix: 'run `npm run setup` in the Palisade directory (needs gcc)' };
+    return {
+      name: 'native helper',
+      ok: false,
+      required: true,
+      detail: `${helperPath} is missing`,
+      fix: 'run `npm run setup` in the Palisade directory (needs gcc)',
+    };
   }
 }
 
-export function checkCgroups(required: boolean): RequirementCheck[] {
-  const support = detectCgroups();
+export function checkCgroups(required: boolean, root?: string): RequirementCheck[] {
+  const support = detectCgroups(root);
   const checks: RequirementCheck[] = support.checks.map((c) => ({
     name: `cgroup ${c.name}`,
     ok: c.ok,
@@ -164,7 +214,11 @@ export function checkCgroups(required: boolean): RequirementCheck[] {
       : required
         ? 'kernel resource limits cannot be enforced'
         : 'RELAXED by operator (cgroups: optional): sandboxes run WITHOUT memory/pids/cpu limits',
-    ...(support.usable ? {} : { fix: 'mount the memory, pids, cpu and freezer controllers (or cgroup v2 with them enabled)' }),
+    ...(support.usable
+      ? {}
+      : {
+          fix: 'mount the memory, pids, cpu and freezer controllers (or cgroup v2 with them enabled)',
+        }),
   });
   return checks;
 }
@@ -173,6 +227,8 @@ export interface RequirementOptions {
   bwrapPath: string;
   helperPath: string;
   cgroupsRequired: boolean;
+  /** @default /sys/fs/cgroup */
+  cgroupRoot?: string;
 }
 
 export function checkRequirements(options: RequirementOptions): RequirementCheck[] {
@@ -183,7 +239,7 @@ export function checkRequirements(options: RequirementOptions): RequirementCheck
     checkUserNamespaces(),
     checkSeccomp(),
     checkHelper(options.helperPath),
-    ...checkCgroups(options.cgroupsRequired),
+    ...checkCgroups(options.cgroupsRequired, options.cgroupRoot),
   ];
 }
 

@@ -84,6 +84,8 @@ export interface EngineConfig {
   uidRange?: { start: number; count: number };
   /** 'optional' lets sandboxes run without kernel limits on a development machine; shown by doctor. @default 'required' */
   cgroups?: 'required' | 'optional';
+  /** Where the cgroup filesystems are mounted. @default /sys/fs/cgroup */
+  cgroupRoot?: string;
   /** Name of the cgroup directory under each hierarchy. @default 'palisade' */
   cgroupPrefix?: string;
   /** Host paths callers may mount into sandboxes (read-only unless marked writable). @default none */
@@ -250,6 +252,7 @@ export class BwrapRuntime implements SandboxRuntime {
       uidRange,
       cgroups: config.cgroups ?? 'required',
       cgroupPrefix: config.cgroupPrefix ?? 'palisade',
+      cgroupRoot: config.cgroupRoot ?? '/sys/fs/cgroup',
       allowedMounts: (config.allowedMounts ?? []).map(normaliseAllowedMount),
       maxSandboxes: config.maxSandboxes ?? 1000,
       defaultExecTimeoutMs: config.defaultExecTimeoutMs ?? 30_000,
@@ -279,6 +282,7 @@ export class BwrapRuntime implements SandboxRuntime {
       bwrapPath: full.bwrapPath,
       helperPath: full.helperPath,
       cgroupsRequired: full.cgroups === 'required',
+      cgroupRoot: full.cgroupRoot,
     });
     const missing = formatMissing(checks);
     if (missing) {
@@ -325,7 +329,8 @@ export class BwrapRuntime implements SandboxRuntime {
 
     let cgroups: CgroupManager | undefined;
     const cgSupport = checks.find((c) => c.name === 'cgroup limits');
-    if (cgSupport?.ok) cgroups = createCgroupManager({ prefix: full.cgroupPrefix });
+    if (cgSupport?.ok)
+      cgroups = createCgroupManager({ prefix: full.cgroupPrefix, root: full.cgroupRoot });
     const pool = await openWorkspacePool({
       dataDir: full.dataDir,
       sizeBytes: full.workspacePoolBytes,
