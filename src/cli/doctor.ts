@@ -57,7 +57,7 @@ async function smokeTest(cgroupsRequired: boolean): Promise<RequirementCheck> {
   const name = 'sandbox smoke test';
   let engine;
   try {
-    engine = await startOneShotEngine({ cgroups: cgroupsRequired ? 'required' : 'optional' });
+    ({ engine } = await startOneShotEngine({ cgroups: cgroupsRequired ? 'required' : 'optional' }));
     const sb = await engine.create();
     const r = await engine.run(sb.id, {
       command:

@@ -28,22 +28,31 @@ function slotBusy(dataDir: string): boolean {
  * range, so several can run beside each other and beside `palisade serve` without reaping each
  * other's sandboxes. Two starting at once may race for a slot; the loser moves on.
  */
-export async function startOneShotEngine(overrides: Partial<EngineConfig> = {}, root = DEFAULT_DATA_ROOT): Promise<SandboxRuntime> {
+export async function startOneShotEngine(
+  overrides: Partial<EngineConfig> = {},
+  root = DEFAULT_DATA_ROOT,
+): Promise<{ engine: SandboxRuntime; dataDir: string }> {
   for (let slot = 0; slot < RUN_SLOTS; slot++) {
     const dataDir = join(root, 'run', String(slot));
     if (slotBusy(dataDir)) continue;
     try {
-      return await createSandboxRuntime({
+      const engine = await createSandboxRuntime({
         dataDir,
         cgroupPrefix: `palisade-run-${slot}`,
         uidRange: { start: RUN_UID_BASE + slot * RUN_UIDS_PER_SLOT, count: RUN_UIDS_PER_SLOT },
         workspacePoolBytes: 16 * 1024 ** 3,
+        // One-shot engines create one sandbox: preparing spare workspaces would only cost time.
+        warmWorkspaces: 0,
         ...overrides,
       });
+      return { engine, dataDir };
     } catch (err) {
       if (isPalisadeError(err, 'CONFLICT')) continue;
       throw err;
     }
   }
-  throw new PalisadeError('SANDBOX_LIMIT_REACHED', `all ${RUN_SLOTS} one-shot engine slots under ${root}/run are busy; wait for other palisade run commands to finish`);
+  throw new PalisadeError(
+    'SANDBOX_LIMIT_REACHED',
+    `all ${RUN_SLOTS} one-shot engine slots under ${root}/run are busy; wait for other palisade run commands to finish`,
+  );
 }

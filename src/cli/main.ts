@@ -21,6 +21,14 @@ async function loadCommand(name: string): Promise<Command | undefined> {
       return (await import('./demo.js')).demoCommand;
     case 'policy':
       return (await import('./policy.js')).policyCommand;
+    case 'serve':
+      return (await import('./serve.js')).serveCommand;
+    case 'keys':
+      return (await import('./keys.js')).keysCommand;
+    case 'audit':
+      return (await import('./audit.js')).auditCommand;
+    case 'sandbox':
+      return (await import('./sandbox.js')).sandboxCommand;
     default:
       return undefined;
   }
@@ -35,7 +43,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   const command = await loadCommand(name);
   if (!command) {
-    process.stderr.write(`palisade: unknown command '${name}'. Run 'palisade help' for the list.\n`);
+    process.stderr.write(
+      `palisade: unknown command '${name}'. Run 'palisade help' for the list.\n`,
+    );
     return 3;
   }
   try {

@@ -5,7 +5,20 @@
  */
 import { parseArgs } from 'node:util';
 import { isPalisadeError, PalisadeError } from '../errors/index.js';
-import { parseDuration, parseSize, type CreateSandboxOptions, type ResourceLimits, type SandboxRuntime } from '../sandbox/index.js';
+import {
+  parseDuration,
+  parseSize,
+  type CreateSandboxOptions,
+  type ResourceLimits,
+  type SandboxRuntime,
+} from '../sandbox/index.js';
+import { join } from 'node:path';
+import {
+  createEgressGateway,
+  egressPolicyFromFlags,
+  formatDenials,
+  type EgressGateway,
+} from '../egress/index.js';
 import { startOneShotEngine } from './engine-config.js';
 
 export const RUN_USAGE = `Usage: palisade run [options] -- CMD [ARGS...]
@@ -23,6 +36,12 @@ Options:
   --env K=V            set an environment variable (repeatable)
   --max-output SIZE    stop relaying stdout/stderr after this many bytes each (default 64m)
   --shell              run CMD as one shell string with /bin/sh -c
+
+Network (none unless allowed; traffic goes through Palisade's egress gateway):
+  --allow-domain D     allow D (exact) or *.D (subdomains only), ports 80/443 (repeatable)
+  --allow-cidr C       allow an IP address or CIDR, e.g. 10.0.0.0/8 (repeatable)
+  --allow-port P       also allow port P for the allowed hosts (repeatable)
+  Blocked connections are listed on stderr after the command exits.
 `;
 
 const EXIT_TIMEOUT = 124;
@@ -36,6 +55,7 @@ export interface RunOptions {
   maxOutputBytes: number;
   argv: string[];
   shell: boolean;
+  network: { allowDomains: string[]; allowCidrs: string[]; allowPorts: number[] };
 }
 
 export function parseRunArgs(args: string[]): RunOptions {
@@ -55,40 +75,61 @@ export function parseRunArgs(args: string[]): RunOptions {
         env: { type: 'string', multiple: true },
         'max-output': { type: 'string' },
         shell: { type: 'boolean' },
+        'allow-domain': { type: 'string', multiple: true },
+        'allow-cidr': { type: 'string', multiple: true },
+        'allow-port': { type: 'string', multiple: true },
       },
     });
   } catch (err) {
     throw new PalisadeError('INVALID_ARGUMENT', `${(err as Error).message}\n\n${RUN_USAGE}`);
   }
   const v = parsed.values;
-  if (parsed.positionals.length === 0) throw new PalisadeError('INVALID_ARGUMENT', `no command given\n\n${RUN_USAGE}`);
+  if (parsed.positionals.length === 0)
+    throw new PalisadeError('INVALID_ARGUMENT', `no command given\n\n${RUN_USAGE}`);
   const limits: Partial<ResourceLimits> = {};
   if (v.memory !== undefined) limits.memoryBytes = parseSize(v.memory, '--memory');
   if (v.disk !== undefined) limits.diskBytes = parseSize(v.disk, '--disk');
   if (v.pids !== undefined) {
-    if (!/^\d+$/.test(v.pids)) throw new PalisadeError('INVALID_LIMIT', '--pids must be a whole number');
+    if (!/^\d+$/.test(v.pids))
+      throw new PalisadeError('INVALID_LIMIT', '--pids must be a whole number');
     limits.pids = Number(v.pids);
   }
   if (v.cpu !== undefined) {
-    if (!/^\d+(\.\d+)?$/.test(v.cpu)) throw new PalisadeError('INVALID_LIMIT', '--cpu must be a number of cores, e.g. 1 or 0.5');
+    if (!/^\d+(\.\d+)?$/.test(v.cpu))
+      throw new PalisadeError('INVALID_LIMIT', '--cpu must be a number of cores, e.g. 1 or 0.5');
     limits.cpus = Number(v.cpu);
   }
   const env: Record<string, string> = {};
   for (const pair of v.env ?? []) {
     const eq = pair.indexOf('=');
-    if (eq <= 0) throw new PalisadeError('INVALID_ENV', `--env expects NAME=VALUE, got ${JSON.stringify(pair)}`);
+    if (eq <= 0)
+      throw new PalisadeError(
+        'INVALID_ENV',
+        `--env expects NAME=VALUE, got ${JSON.stringify(pair)}`,
+      );
     env[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
   const shell = v.shell === true;
-  if (shell && parsed.positionals.length !== 1) throw new PalisadeError('INVALID_ARGUMENT', '--shell takes exactly one command string');
+  if (shell && parsed.positionals.length !== 1)
+    throw new PalisadeError('INVALID_ARGUMENT', '--shell takes exactly one command string');
   return {
     limits,
     timeoutMs: v.timeout === undefined ? 30_000 : parseDuration(v.timeout, '--timeout'),
     ...(v.workspace !== undefined ? { workspaceDir: v.workspace } : {}),
     env,
-    maxOutputBytes: v['max-output'] === undefined ? 64 * 1024 * 1024 : parseSize(v['max-output'], '--max-output'),
+    maxOutputBytes:
+      v['max-output'] === undefined ? 64 * 1024 * 1024 : parseSize(v['max-output'], '--max-output'),
     argv: parsed.positionals,
     shell,
+    network: {
+      allowDomains: v['allow-domain'] ?? [],
+      allowCidrs: v['allow-cidr'] ?? [],
+      allowPorts: (v['allow-port'] ?? []).map((p) => {
+        if (!/^\d{1,5}$/.test(p))
+          throw new PalisadeError('INVALID_ARGUMENT', `--allow-port ${p} is not a port number`);
+        return Number(p);
+      }),
+    },
   };
 }
 
@@ -104,13 +145,26 @@ export async function runCommand(args: string[]): Promise<number> {
     throw err;
   }
   let engine: SandboxRuntime | undefined;
+  let gateway: EgressGateway | undefined;
   const abort = new AbortController();
   const onSignal = () => abort.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   try {
-    engine = await startOneShotEngine();
+    const wantsNetwork =
+      options.network.allowDomains.length + options.network.allowCidrs.length > 0;
+    const policy = wantsNetwork ? egressPolicyFromFlags(options.network) : undefined;
+    let dataDir: string;
+    ({ engine, dataDir } = await startOneShotEngine());
     const create: CreateSandboxOptions = { limits: options.limits, env: options.env };
+    if (policy) {
+      const gw = createEgressGateway({ socketDir: join(dataDir, 'egress') });
+      gateway = gw;
+      create.network = async (sb) => {
+        const net = await gw.attach(sb.id, policy, { uid: sb.hostUid, gid: sb.hostGid });
+        return { ...net, release: () => gw.detach(sb.id) };
+      };
+    }
     if (options.workspaceDir !== undefined) create.workspaceDir = options.workspaceDir;
     const sandbox = await engine.create(create);
     const handle = await engine.exec(sandbox.id, {
@@ -135,15 +189,33 @@ export async function runCommand(args: string[]): Promise<number> {
     }
     const result = await handle.done;
     process.stdin.destroy();
+    if (gateway) {
+      const denials = formatDenials(gateway.recentDenials(sandbox.id));
+      if (denials) process.stderr.write(`${denials}\n`);
+    }
     if (result.stdoutTruncated || result.stderrTruncated) {
-      process.stderr.write(`palisade run: output exceeded ${options.maxOutputBytes} bytes and was cut off\n`);
+      process.stderr.write(
+        `palisade run: output exceeded ${options.maxOutputBytes} bytes and was cut off\n`,
+      );
     }
     if (result.timedOut) {
-      process.stderr.write(`palisade run: the command timed out after ${options.timeoutMs} ms; its whole process tree was killed\n`);
+      process.stderr.write(
+        `palisade run: the command timed out after ${options.timeoutMs} ms; its whole process tree was killed\n`,
+      );
       return EXIT_TIMEOUT;
     }
     if (result.exitCode !== null) return result.exitCode;
-    const signals: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGSEGV: 11, SIGPIPE: 13, SIGTERM: 15, SIGABRT: 6, SIGXCPU: 24 };
+    const signals: Record<string, number> = {
+      SIGHUP: 1,
+      SIGINT: 2,
+      SIGQUIT: 3,
+      SIGKILL: 9,
+      SIGSEGV: 11,
+      SIGPIPE: 13,
+      SIGTERM: 15,
+      SIGABRT: 6,
+      SIGXCPU: 24,
+    };
     return 128 + (signals[result.signal ?? ''] ?? 1);
   } catch (err) {
     process.stdin.destroy();
@@ -157,5 +229,6 @@ export async function runCommand(args: string[]): Promise<number> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await engine?.close();
+    await gateway?.close();
   }
 }

@@ -24,6 +24,14 @@ export type ErrorCode =
   // policy
   | 'POLICY_DENIED'
   | 'POLICY_ASK'
+  // control plane (API server, auth, audit)
+  | 'UNAUTHENTICATED'
+  | 'FORBIDDEN'
+  | 'NOT_FOUND'
+  | 'RATE_LIMITED'
+  | 'QUOTA_EXCEEDED'
+  | 'PAYLOAD_TOO_LARGE'
+  | 'AUDIT_CHAIN_BROKEN'
   // generic
   | 'CONFLICT'
   | 'INTERNAL';

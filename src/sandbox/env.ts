@@ -63,7 +63,10 @@ export function validateEnv(env: unknown, what = 'env'): Record<string, string> 
   }
   const entries = Object.entries(env as Record<string, unknown>);
   if (entries.length > ENV_LIMITS.maxVariables) {
-    throw new PalisadeError('INVALID_ENV', `${what} has ${entries.length} variables; at most ${ENV_LIMITS.maxVariables} are allowed`);
+    throw new PalisadeError(
+      'INVALID_ENV',
+      `${what} has ${entries.length} variables; at most ${ENV_LIMITS.maxVariables} are allowed`,
+    );
   }
   let total = 0;
   const out: Record<string, string> = {};
@@ -83,18 +86,31 @@ export function validateEnv(env: unknown, what = 'env'): Record<string, string> 
       );
     }
     if (typeof value !== 'string') {
-      throw new PalisadeError('INVALID_ENV', `${what}: the value of ${name} must be a string`, { name });
+      throw new PalisadeError('INVALID_ENV', `${what}: the value of ${name} must be a string`, {
+        name,
+      });
     }
     if (/[\0\n\r]/.test(value)) {
-      throw new PalisadeError('INVALID_ENV', `${what}: the value of ${name} contains a NUL byte or a line break; remove it`, { name });
+      throw new PalisadeError(
+        'INVALID_ENV',
+        `${what}: the value of ${name} contains a NUL byte or a line break; remove it`,
+        { name },
+      );
     }
     const bytes = Buffer.byteLength(value);
     if (bytes > ENV_LIMITS.maxValueBytes) {
-      throw new PalisadeError('INVALID_ENV', `${what}: the value of ${name} is ${bytes} bytes; at most ${ENV_LIMITS.maxValueBytes} are allowed`, { name });
+      throw new PalisadeError(
+        'INVALID_ENV',
+        `${what}: the value of ${name} is ${bytes} bytes; at most ${ENV_LIMITS.maxValueBytes} are allowed`,
+        { name },
+      );
     }
     total += bytes + name.length + 2;
     if (total > ENV_LIMITS.maxTotalBytes) {
-      throw new PalisadeError('INVALID_ENV', `${what} is larger than ${ENV_LIMITS.maxTotalBytes} bytes in total; pass less`);
+      throw new PalisadeError(
+        'INVALID_ENV',
+        `${what} is larger than ${ENV_LIMITS.maxTotalBytes} bytes in total; pass less`,
+      );
     }
     out[name] = value;
   }

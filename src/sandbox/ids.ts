@@ -14,6 +14,9 @@ export function newSandboxId(): string {
 
 export function assertSandboxId(id: unknown): asserts id is string {
   if (typeof id !== 'string' || !SANDBOX_ID_PATTERN.test(id)) {
-    throw new PalisadeError('INVALID_ARGUMENT', `invalid sandbox id ${JSON.stringify(String(id).slice(0, 40))}; ids look like sb- followed by 20 characters a-z, 2-7`);
+    throw new PalisadeError(
+      'INVALID_ARGUMENT',
+      `invalid sandbox id ${JSON.stringify(String(id).slice(0, 40))}; ids look like sb- followed by 20 characters a-z, 2-7`,
+    );
   }
 }

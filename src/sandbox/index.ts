@@ -11,7 +11,11 @@ export { normaliseSandboxPath, validateLabels } from './bwrap/runtime.js';
 export { validateEnv, BASE_ENV, ENV_LIMITS } from './env.js';
 export { DEFAULT_LIMITS, parseSize, parseDuration, resolveLimits } from './limits.js';
 export { SANDBOX_ID_PATTERN, assertSandboxId } from './ids.js';
-export { checkRequirements, defaultHelperPath, type RequirementCheck } from './bwrap/requirements.js';
+export {
+  checkRequirements,
+  defaultHelperPath,
+  type RequirementCheck,
+} from './bwrap/requirements.js';
 
 /** Starts the engine (bubblewrap backend). Fails closed if the host cannot isolate sandboxes. */
 export async function createSandboxRuntime(config: EngineConfig): Promise<SandboxRuntime> {

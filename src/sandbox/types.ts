@@ -51,7 +51,22 @@ export interface SandboxNetwork {
   bridges: NetworkBridge[];
   /** Extra environment set in every exec (e.g. HTTP_PROXY). Validated like any env. */
   env?: Record<string, string>;
+  /** Called once the sandbox is destroyed (or its creation failed): release the bridges. */
+  release?: () => Promise<void>;
 }
+
+/** The identity a network provider needs (e.g. to own a socket by the sandbox's uid). */
+export interface SandboxIdentity {
+  id: string;
+  hostUid: number;
+  hostGid: number;
+}
+
+/**
+ * Called by create() once the sandbox's id and host uid are known and before anything runs
+ * in it; typically the egress gateway's attach.
+ */
+export type NetworkProvider = (sandbox: SandboxIdentity) => Promise<SandboxNetwork>;
 
 export interface CreateSandboxOptions {
   template?: TemplateSpec;
@@ -65,7 +80,7 @@ export interface CreateSandboxOptions {
    */
   workspaceDir?: string;
   /** Omitted: no network at all (loopback only). */
-  network?: SandboxNetwork;
+  network?: SandboxNetwork | NetworkProvider;
   labels?: Record<string, string>;
 }
 

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -91,6 +91,67 @@ describe('palisade run (the CLI entry point)', () => {
     ]);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout, 'from the host\n');
+  });
+});
+
+describe('palisade run with network flags (egress gateway)', () => {
+  it('allows only what the flags allow and reports blocked connections after the command', async () => {
+    const { createServer } = await import('node:http');
+    let hits = 0;
+    const server = createServer((_req, res) => {
+      hits++;
+      res.end('ok');
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const script = `curl -sS --noproxy "" -o /dev/null -w "%{http_code}\\n" http://127.0.0.1:${port}/; curl -sS --noproxy "" -o /dev/null -w "%{http_code}\\n" http://127.0.0.1:${port + 1}/; curl -sS -o /dev/null -w "%{http_code}\\n" http://blocked.example/`;
+      const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>(
+        (resolve) => {
+          const child = spawn(
+            process.execPath,
+            [
+              BIN,
+              'run',
+              '--allow-cidr',
+              '127.0.0.1',
+              '--allow-port',
+              String(port),
+              '--shell',
+              '--',
+              script,
+            ],
+            {
+              env: { PATH: process.env.PATH, PALISADE_DATA_DIR: DATA },
+            },
+          );
+          let stdout = '';
+          let stderr = '';
+          child.stdout.on('data', (c: Buffer) => (stdout += c));
+          child.stderr.on('data', (c: Buffer) => (stderr += c));
+          child.on('close', (status: number | null) => resolve({ status, stdout, stderr }));
+        },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stdout, '200\n403\n403\n');
+      assert.equal(hits, 1);
+      assert.match(r.stderr, /2 network connections blocked/);
+      assert.match(r.stderr, new RegExp(`127\\.0\\.0\\.1:${port + 1}`));
+      assert.match(r.stderr, /blocked\.example:80/);
+    } finally {
+      server.close();
+    }
+  });
+
+  it('without network flags there is no network at all', () => {
+    const r = palisade([
+      'run',
+      '--shell',
+      '--',
+      'env | grep -ci proxy; curl -sS -m 3 http://127.0.0.1:1/ 2>&1 >/dev/null; echo "rc=$?"',
+    ]);
+    assert.match(r.stdout, /^0\n/);
+    assert.match(r.stdout, /rc=7/);
   });
 });
 

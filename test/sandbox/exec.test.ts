@@ -31,9 +31,16 @@ describe('exec in a long-lived sandbox', () => {
 
   it('cwd, sandbox env and per-exec env', async () => {
     await engine.run(sb.id, { command: 'mkdir -p /workspace/sub' });
-    const r = await engine.run(sb.id, { command: 'pwd; echo "$GREETING"; echo "$EXTRA"', cwd: 'sub', env: { EXTRA: 'x=y z' } });
+    const r = await engine.run(sb.id, {
+      command: 'pwd; echo "$GREETING"; echo "$EXTRA"',
+      cwd: 'sub',
+      env: { EXTRA: 'x=y z' },
+    });
     assert.equal(r.stdout.toString(), '/workspace/sub\nhello from the sandbox env\nx=y z\n');
-    const r2 = await engine.run(sb.id, { command: 'echo "$GREETING"', env: { GREETING: 'overridden' } });
+    const r2 = await engine.run(sb.id, {
+      command: 'echo "$GREETING"',
+      env: { GREETING: 'overridden' },
+    });
     assert.equal(r2.stdout.toString(), 'overridden\n');
   });
 
@@ -43,12 +50,19 @@ describe('exec in a long-lived sandbox', () => {
     const big = Buffer.alloc(3 * 1024 * 1024, 0x61);
     const r2 = await engine.run(sb.id, { argv: ['sha256sum'], stdin: big });
     const { createHash } = await import('node:crypto');
-    assert.equal(r2.stdout.toString().split(' ')[0], createHash('sha256').update(big).digest('hex'));
+    assert.equal(
+      r2.stdout.toString().split(' ')[0],
+      createHash('sha256').update(big).digest('hex'),
+    );
   });
 
   it('streaming stdin with openStdin, and stdout/stderr callbacks in order', async () => {
     const chunks: string[] = [];
-    const h = await engine.exec(sb.id, { argv: ['cat'], openStdin: true, onStdout: (c) => chunks.push(c.toString()) });
+    const h = await engine.exec(sb.id, {
+      argv: ['cat'],
+      openStdin: true,
+      onStdout: (c) => chunks.push(c.toString()),
+    });
     for (let i = 0; i < 5; i++) await h.writeStdin(`line ${i}\n`);
     h.closeStdin();
     const r = await h.done;
@@ -72,11 +86,18 @@ describe('exec in a long-lived sandbox', () => {
   });
 
   it('002 M-10: output is capped and truncation flagged', async () => {
-    const r = await engine.run(sb.id, { command: 'head -c 5000000 /dev/zero', maxOutputBytes: 100_000 });
+    const r = await engine.run(sb.id, {
+      command: 'head -c 5000000 /dev/zero',
+      maxOutputBytes: 100_000,
+    });
     assert.equal(r.stdout.length, 100_000);
     assert.equal(r.stdoutTruncated, true);
     assert.equal(r.stderrTruncated, false);
-    const flood = await engine.run(sb.id, { command: 'yes flood', maxOutputBytes: 1000, timeoutMs: 1000 });
+    const flood = await engine.run(sb.id, {
+      command: 'yes flood',
+      maxOutputBytes: 1000,
+      timeoutMs: 1000,
+    });
     assert.equal(flood.stdout.length, 1000);
     assert.equal(flood.stdoutTruncated, true);
     assert.equal(flood.timedOut, true);
@@ -84,7 +105,10 @@ describe('exec in a long-lived sandbox', () => {
 
   it('003 U6: a timeout kills the whole process tree, grandchildren included', async () => {
     const t0 = Date.now();
-    const r = await engine.run(sb.id, { command: 'sleep 1000 & sleep 1000 & (sleep 1000 &) ; sleep 1000', timeoutMs: 500 });
+    const r = await engine.run(sb.id, {
+      command: 'sleep 1000 & sleep 1000 & (sleep 1000 &) ; sleep 1000',
+      timeoutMs: 500,
+    });
     assert.equal(r.timedOut, true);
     assert.equal(r.signal, 'SIGKILL');
     assert.ok(Date.now() - t0 < 5000);
@@ -93,7 +117,10 @@ describe('exec in a long-lived sandbox', () => {
   });
 
   it('a double-forked daemon (setsid) is still killed by the exec’s cgroup', async () => {
-    const h = await engine.exec(sb.id, { command: 'setsid sh -c "sleep 1000" & sleep 1000', timeoutMs: 60_000 });
+    const h = await engine.exec(sb.id, {
+      command: 'setsid sh -c "sleep 1000" & sleep 1000',
+      timeoutMs: 60_000,
+    });
     await new Promise((r) => setTimeout(r, 200));
     await h.kill();
     await h.done;
@@ -102,7 +129,9 @@ describe('exec in a long-lived sandbox', () => {
   });
 
   it('interrupt sends SIGINT; abort signals interrupt', async () => {
-    const h = await engine.exec(sb.id, { command: 'trap "echo got-int; exit 130" INT; while :; do sleep 0.05; done' });
+    const h = await engine.exec(sb.id, {
+      command: 'trap "echo got-int; exit 130" INT; while :; do sleep 0.05; done',
+    });
     await new Promise((r) => setTimeout(r, 150));
     h.interrupt();
     const r = await h.done;
@@ -125,14 +154,22 @@ describe('exec in a long-lived sandbox', () => {
 
   it('several execs run at once', async () => {
     const t0 = Date.now();
-    const results = await Promise.all(Array.from({ length: 8 }, (_, i) => engine.run(sb.id, { command: `sleep 0.3; echo ${i}` })));
+    const results = await Promise.all(
+      Array.from({ length: 8 }, (_, i) => engine.run(sb.id, { command: `sleep 0.3; echo ${i}` })),
+    );
     assert.ok(Date.now() - t0 < 2500, 'they ran concurrently');
     results.forEach((r, i) => assert.equal(r.stdout.toString(), `${i}\n`));
   });
 
   it('a missing program or cwd is a clear start error', async () => {
-    await assert.rejects(engine.exec(sb.id, { argv: ['no-such-program'] }), (e) => isPalisadeError(e, 'EXEC_START_FAILED') && /no such file/.test(e.message));
-    await assert.rejects(engine.exec(sb.id, { argv: ['true'], cwd: '/nonexistent' }), (e) => isPalisadeError(e, 'EXEC_START_FAILED') && /working directory/.test(e.message));
+    await assert.rejects(
+      engine.exec(sb.id, { argv: ['no-such-program'] }),
+      (e) => isPalisadeError(e, 'EXEC_START_FAILED') && /no such file/.test(e.message),
+    );
+    await assert.rejects(
+      engine.exec(sb.id, { argv: ['true'], cwd: '/nonexistent' }),
+      (e) => isPalisadeError(e, 'EXEC_START_FAILED') && /working directory/.test(e.message),
+    );
     const ok = await engine.run(sb.id, { argv: ['true'] });
     assert.equal(ok.exitCode, 0, 'the sandbox still works');
   });
@@ -159,9 +196,17 @@ describe('exec in a long-lived sandbox', () => {
       [{ argv: ['true'], maxOutputBytes: -1 }, 'INVALID_LIMIT'],
     ];
     for (const [req, code] of cases) {
-      await assert.rejects(engine.exec(sb.id, req), (e) => isPalisadeError(e) && e.code === code, JSON.stringify(req).slice(0, 100));
+      await assert.rejects(
+        engine.exec(sb.id, req),
+        (e) => isPalisadeError(e) && e.code === code,
+        JSON.stringify(req).slice(0, 100),
+      );
     }
-    await assert.rejects(engine.exec('sb-aaaaaaaaaaaaaaaaaaaa', { argv: ['true'] }), (e) => isPalisadeError(e, 'SANDBOX_NOT_FOUND'));
-    await assert.rejects(engine.exec('../../etc', { argv: ['true'] }), (e) => isPalisadeError(e, 'INVALID_ARGUMENT'));
+    await assert.rejects(engine.exec('sb-aaaaaaaaaaaaaaaaaaaa', { argv: ['true'] }), (e) =>
+      isPalisadeError(e, 'SANDBOX_NOT_FOUND'),
+    );
+    await assert.rejects(engine.exec('../../etc', { argv: ['true'] }), (e) =>
+      isPalisadeError(e, 'INVALID_ARGUMENT'),
+    );
   });
 });

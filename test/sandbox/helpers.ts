@@ -2,7 +2,11 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createSandboxRuntime, type EngineConfig, type SandboxRuntime } from '../../src/sandbox/index.js';
+import {
+  createSandboxRuntime,
+  type EngineConfig,
+  type SandboxRuntime,
+} from '../../src/sandbox/index.js';
 
 let counter = 0;
 
@@ -10,7 +14,10 @@ let counter = 0;
  * An engine with its own data directory, cgroup prefix and uid range, so test files running
  * in parallel never reap each other's sandboxes.
  */
-export function testEngineConfig(name: string, overrides: Partial<EngineConfig> = {}): EngineConfig {
+export function testEngineConfig(
+  name: string,
+  overrides: Partial<EngineConfig> = {},
+): EngineConfig {
   const n = (process.pid % 5000) * 10 + (counter++ % 10);
   return {
     dataDir: mkdtempSync(join(tmpdir(), `palisade-${name}-`)),
@@ -21,7 +28,10 @@ export function testEngineConfig(name: string, overrides: Partial<EngineConfig> 
   };
 }
 
-export async function startTestEngine(name: string, overrides: Partial<EngineConfig> = {}): Promise<{ engine: SandboxRuntime; config: EngineConfig }> {
+export async function startTestEngine(
+  name: string,
+  overrides: Partial<EngineConfig> = {},
+): Promise<{ engine: SandboxRuntime; config: EngineConfig }> {
   const config = testEngineConfig(name, overrides);
   const engine = await createSandboxRuntime(config);
   return { engine, config };

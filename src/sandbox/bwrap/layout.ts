@@ -51,9 +51,11 @@ export function writeSyntheticEtc(dir: string): void {
     group: `root:x:0:\nsandbox:x:${SANDBOX_GID}:\nnogroup:x:65534:\n`,
     hosts: '127.0.0.1\tlocalhost palisade\n::1\tlocalhost ip6-localhost ip6-loopback\n',
     hostname: 'palisade\n',
-    'nsswitch.conf': 'passwd: files\ngroup: files\nshadow: files\nhosts: files\nnetworks: files\nprotocols: files\nservices: files\n',
+    'nsswitch.conf':
+      'passwd: files\ngroup: files\nshadow: files\nhosts: files\nnetworks: files\nprotocols: files\nservices: files\n',
   };
-  for (const [name, content] of Object.entries(files)) writeFileSync(join(dir, name), content, { mode: 0o644 });
+  for (const [name, content] of Object.entries(files))
+    writeFileSync(join(dir, name), content, { mode: 0o644 });
 }
 
 export interface LayoutInput {
@@ -91,7 +93,8 @@ export function filesystemArgs(input: LayoutInput): string[] {
   args.push('--perms', '01777', '--size', String(input.tmpBytes), '--tmpfs', '/tmp');
   args.push('--bind', input.workspace, WORKSPACE);
   args.push('--ro-bind', input.agentBinary, AGENT_PATH);
-  for (const b of input.bridgeSockets) args.push('--bind', b.hostSocket, `${NET_DIR}/${b.port}.sock`);
+  for (const b of input.bridgeSockets)
+    args.push('--bind', b.hostSocket, `${NET_DIR}/${b.port}.sock`);
   for (const m of input.mounts) args.push(m.writable ? '--bind' : '--ro-bind', m.source, m.target);
   args.push('--remount-ro', '/');
   return args;
@@ -123,4 +126,19 @@ export function namespaceArgs(): string[] {
 }
 
 /** Directories inside the sandbox that an extra mount may not cover. */
-export const RESERVED_TARGETS = ['/', '/usr', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32', '/etc', '/proc', '/dev', '/tmp', WORKSPACE, '/.palisade'];
+export const RESERVED_TARGETS = [
+  '/',
+  '/usr',
+  '/bin',
+  '/sbin',
+  '/lib',
+  '/lib32',
+  '/lib64',
+  '/libx32',
+  '/etc',
+  '/proc',
+  '/dev',
+  '/tmp',
+  WORKSPACE,
+  '/.palisade',
+];

@@ -62,7 +62,8 @@ export class FrameDecoder {
   push(chunk: Buffer): void {
     this.pending.push(chunk);
     this.pendingBytes += chunk.length;
-    let buf = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
+    let buf =
+      this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending, this.pendingBytes);
     let off = 0;
     while (buf.length - off >= 4) {
       const len = buf.readUInt32LE(off);
@@ -86,7 +87,11 @@ export class FrameDecoder {
   }
 }
 
-export function attachDecoder(stream: Readable, onFrame: (f: AgentFrame) => void, onError: (m: string) => void): void {
+export function attachDecoder(
+  stream: Readable,
+  onFrame: (f: AgentFrame) => void,
+  onError: (m: string) => void,
+): void {
   const decoder = new FrameDecoder(onFrame, onError);
   stream.on('data', (chunk: Buffer) => decoder.push(chunk));
 }

@@ -41,6 +41,7 @@ import type {
   ExecResult,
   ResourceLimits,
   SandboxInfo,
+  SandboxNetwork,
   SandboxRuntime,
   SandboxStats,
 } from '../types.js';
@@ -181,6 +182,7 @@ interface SandboxRecord {
   agentLog: string[];
   /** Host pid of the agent (pid 1 inside); killing it ends the pid namespace. */
   agentHostPid: number | undefined;
+  releaseNetwork: (() => Promise<void>) | undefined;
 }
 
 const SIGNAL_NUMBERS: Record<string, number> = {
@@ -469,6 +471,35 @@ export class BwrapRuntime implements SandboxRuntime {
     );
   }
 
+  private validateNetwork(network: SandboxNetwork): void {
+    if (typeof network !== 'object' || network === null || !Array.isArray(network.bridges)) {
+      throw new PalisadeError('INVALID_ARGUMENT', 'network must have a bridges array');
+    }
+    if (network.bridges.length > 4)
+      throw new PalisadeError('INVALID_ARGUMENT', 'at most 4 network bridges');
+    for (const b of network.bridges) {
+      if (
+        !Number.isInteger(b.port) ||
+        b.port < 1 ||
+        b.port > 65535 ||
+        typeof b.hostSocket !== 'string' ||
+        !isAbsolute(b.hostSocket)
+      ) {
+        throw new PalisadeError(
+          'INVALID_ARGUMENT',
+          'network bridges need a port 1-65535 and an absolute host socket path',
+        );
+      }
+      if (!existsSync(b.hostSocket)) {
+        throw new PalisadeError(
+          'INVALID_ARGUMENT',
+          `network bridge socket ${b.hostSocket} does not exist`,
+        );
+      }
+    }
+    validateEnv(network.env, 'network env');
+  }
+
   private resolveMounts(
     requested: CreateSandboxOptions['mounts'],
   ): Array<{ source: string; target: string; writable: boolean }> {
@@ -537,31 +568,11 @@ export class BwrapRuntime implements SandboxRuntime {
     }
     const limits = resolveLimits(options.limits, this.defaults, this.max);
     const sandboxEnv = validateEnv(options.env, 'sandbox env');
-    const networkEnv = validateEnv(options.network?.env, 'network env');
     const labels = validateLabels(options.labels);
     const mounts = this.resolveMounts(options.mounts);
-    const bridges = (options.network?.bridges ?? []).map((b) => {
-      if (
-        !Number.isInteger(b.port) ||
-        b.port < 1 ||
-        b.port > 65535 ||
-        typeof b.hostSocket !== 'string' ||
-        !isAbsolute(b.hostSocket)
-      ) {
-        throw new PalisadeError(
-          'INVALID_ARGUMENT',
-          'network bridges need a port 1-65535 and an absolute host socket path',
-        );
-      }
-      if (!existsSync(b.hostSocket))
-        throw new PalisadeError(
-          'INVALID_ARGUMENT',
-          `network bridge socket ${b.hostSocket} does not exist`,
-        );
-      return b;
-    });
-    if (bridges.length > 4)
-      throw new PalisadeError('INVALID_ARGUMENT', 'at most 4 network bridges');
+    if (options.network !== undefined && typeof options.network !== 'function') {
+      this.validateNetwork(options.network);
+    }
     if (options.workspaceDir !== undefined) {
       if (
         typeof options.workspaceDir !== 'string' ||
@@ -582,7 +593,9 @@ export class BwrapRuntime implements SandboxRuntime {
     let cgroup: SandboxCgroup | undefined;
     let workspace: string | undefined = warm?.workspace;
     let ownsWorkspace = warm !== undefined;
+    let network: SandboxNetwork | undefined;
     const cleanup = async () => {
+      await network?.release?.().catch(() => undefined);
       if (cgroup) await cgroup.remove().catch(() => undefined);
       if (workspace && ownsWorkspace)
         await this.pool.remove(id, { uid: hostUid }).catch(() => undefined);
@@ -625,15 +638,22 @@ export class BwrapRuntime implements SandboxRuntime {
         cgroupsEnforced: cgroup !== undefined,
       };
       if (workspace === undefined) throw new Error('workspace was not prepared');
+      if (typeof options.network === 'function') {
+        network = await options.network({ id, hostUid, hostGid: hostUid });
+        this.validateNetwork(network);
+      } else {
+        network = options.network;
+      }
       const rec = await this.spawnSandbox(info, {
         cgroup,
         workspace,
         ownsWorkspace,
         slot,
-        env: { ...networkEnv, ...sandboxEnv },
+        env: { ...validateEnv(network?.env, 'network env'), ...sandboxEnv },
         mounts,
-        bridges,
+        bridges: network?.bridges ?? [],
         tmpBytes: limits.tmpBytes,
+        releaseNetwork: network?.release,
       });
       this.setState(rec, 'running', 'started');
       this.refillWarm();
@@ -661,6 +681,7 @@ export class BwrapRuntime implements SandboxRuntime {
       mounts: Array<{ source: string; target: string; writable: boolean }>;
       bridges: Array<{ port: number; hostSocket: string }>;
       tmpBytes: number;
+      releaseNetwork: (() => Promise<void>) | undefined;
     },
   ): Promise<SandboxRecord> {
     const fds: number[] = [];
@@ -715,6 +736,7 @@ export class BwrapRuntime implements SandboxRuntime {
         exited: new Promise((resolve) => proc.once('close', () => resolve())),
         agentLog: [],
         agentHostPid: undefined,
+        releaseNetwork: parts.releaseNetwork,
       };
       const infoStream = proc.stdio[infoFd] as Readable;
       let infoText = '';
@@ -1154,6 +1176,7 @@ export class BwrapRuntime implements SandboxRuntime {
     // A frozen cgroup cannot die: thaw first. Then kill every process (cgroup), and the bwrap
     // parent, whose death takes pid 1 and with it the whole pid namespace.
     await this.stopProcesses(rec);
+    await rec.releaseNetwork?.().catch(() => undefined);
     if (rec.cgroup) await rec.cgroup.remove();
     if (rec.ownsWorkspace) await this.pool.remove(sandboxId, { uid: rec.info.hostUid });
     this.sandboxes.delete(sandboxId);
