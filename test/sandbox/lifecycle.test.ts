@@ -115,6 +115,18 @@ describe('sandbox lifecycle and cleanup', () => {
     await engine.destroy(sb.id);
   });
 
+  it('closing the engine removes its cgroup prefix directories', async () => {
+    const cfg = testEngineConfig('prefix');
+    const e = await createSandboxRuntime(cfg);
+    const sb = await e.create();
+    await e.close();
+    assert.deepEqual(cgroupDirsFor(cfg.cgroupPrefix!, sb.id), []);
+    const { readdirSync } = await import('node:fs');
+    for (const h of readdirSync('/sys/fs/cgroup')) {
+      assert.equal(existsSync(join('/sys/fs/cgroup', h, cfg.cgroupPrefix!)), false, h);
+    }
+  });
+
   it('a second engine cannot take the same data directory', async () => {
     await assert.rejects(createSandboxRuntime(config), (e) => isPalisadeError(e, 'CONFLICT'));
   });

@@ -1270,6 +1270,7 @@ export class BwrapRuntime implements SandboxRuntime {
       this.usedSlots.delete(entry.slot);
     }
     await this.pool.close();
+    this.cgroups?.removePrefixIfEmpty();
     releaseEngineLock(this.lockFile);
   }
 }

@@ -37,6 +37,8 @@ export interface CgroupManager {
   ): SandboxCgroup;
   /** Kill everything in, and remove, every group under the prefix whose id is not in `keep` (crash recovery). Returns ids reaped. */
   reapLeftovers(keep: ReadonlySet<string>): Promise<string[]>;
+  /** Removes the prefix directories if no sandbox group is left in them (engine shutdown). */
+  removePrefixIfEmpty(): void;
 }
 
 export interface SandboxCgroupStats {

@@ -1,4 +1,4 @@
-import { chownSync } from 'node:fs';
+import { chownSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { PalisadeError } from '../../errors/index.js';
 import {
@@ -208,6 +208,16 @@ export class V1CgroupManager implements CgroupManager {
     private readonly prefix: string,
   ) {
     for (const mount of v1Mounts(layout)) ensurePrefixDir(join(mount, prefix));
+  }
+
+  removePrefixIfEmpty(): void {
+    for (const mount of v1Mounts(this.layout)) {
+      try {
+        rmdirSync(join(mount, this.prefix));
+      } catch {
+        // not empty (another engine's or a live group) or already gone
+      }
+    }
   }
 
   create(

@@ -1,4 +1,4 @@
-import { chownSync, existsSync } from 'node:fs';
+import { chownSync, existsSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { PalisadeError } from '../../errors/index.js';
 import {
@@ -216,6 +216,14 @@ export class V2CgroupManager implements CgroupManager {
         'REQUIREMENT_MISSING',
         'this kernel has neither cgroup.kill nor cgroup.freeze, so sandbox processes cannot be killed race-free; use Linux ≥ 5.2 (≥ 5.14 recommended)',
       );
+    }
+  }
+
+  removePrefixIfEmpty(): void {
+    try {
+      rmdirSync(this.prefixDir);
+    } catch {
+      // not empty or already gone
     }
   }
 
