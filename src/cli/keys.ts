@@ -1,0 +1,124 @@
+/**
+ * `palisade keys create|list|revoke`: key management on the host, straight on the database in
+ * the data directory (file access to the data directory is administrator access). Works while
+ * the server runs; revocation applies to the key's next request.
+ */
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { AuditLog } from '../audit/index.js';
+import { isScope, KeyStore, type Scope } from '../auth/index.js';
+import { PalisadeError } from '../errors/index.js';
+import { openStore } from '../store/index.js';
+import { DEFAULT_DATA_ROOT } from './engine-config.js';
+
+export const KEYS_USAGE = `Usage:
+  palisade keys create --name NAME [--tenant T] [--scope S]... [--admin] [--expires ISO-TIME] [--data-dir DIR]
+  palisade keys list [--tenant T] [--data-dir DIR]
+  palisade keys revoke KEY-ID [--data-dir DIR]
+
+Scopes: admin, sandboxes:read, sandboxes:write, sandboxes:exec, audit:read
+`;
+
+export async function keysCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: rest,
+      strict: true,
+      allowPositionals: true,
+      options: {
+        name: { type: 'string' },
+        tenant: { type: 'string' },
+        scope: { type: 'string', multiple: true },
+        admin: { type: 'boolean' },
+        expires: { type: 'string' },
+        'data-dir': { type: 'string' },
+        json: { type: 'boolean' },
+      },
+    });
+  } catch (err) {
+    throw new PalisadeError('INVALID_ARGUMENT', `${(err as Error).message}\n\n${KEYS_USAGE}`);
+  }
+  const v = parsed.values;
+  if (sub !== 'create' && sub !== 'list' && sub !== 'revoke') {
+    process.stderr.write(KEYS_USAGE);
+    return 3;
+  }
+  const store = await openStore({ dataDir: resolve(v['data-dir'] ?? DEFAULT_DATA_ROOT) });
+  try {
+    const keys = new KeyStore(store.db);
+    const audit = new AuditLog(store.db);
+    if (sub === 'create') {
+      if (v.name === undefined)
+        throw new PalisadeError('INVALID_ARGUMENT', `--name is required.\n\n${KEYS_USAGE}`);
+      const scopes = [...(v.scope ?? []), ...(v.admin ? ['admin'] : [])];
+      const bad = scopes.find((s) => !isScope(s));
+      if (bad !== undefined || scopes.length === 0) {
+        throw new PalisadeError(
+          'INVALID_ARGUMENT',
+          `Give one or more valid --scope values (or --admin).\n\n${KEYS_USAGE}`,
+        );
+      }
+      let expiresAt: Date | null = null;
+      if (v.expires !== undefined) {
+        expiresAt = new Date(v.expires);
+        if (Number.isNaN(expiresAt.getTime())) {
+          throw new PalisadeError(
+            'INVALID_ARGUMENT',
+            '--expires must be an ISO-8601 time, e.g. 2030-01-01T00:00:00Z.',
+          );
+        }
+      }
+      const { key, info } = await keys.create({
+        tenant: v.tenant ?? 'default',
+        name: v.name,
+        scopes: scopes as Scope[],
+        expiresAt,
+      });
+      await audit.append({
+        type: 'key.create',
+        tenant: info.tenant,
+        actor: 'cli',
+        data: { keyId: info.id, name: info.name, scopes: info.scopes, expiresAt: info.expiresAt },
+      });
+      process.stdout.write(
+        `API key: ${key}\nid: ${info.id}  tenant: ${info.tenant}  scopes: ${info.scopes.join(',')}\n`,
+      );
+      return 0;
+    }
+    if (sub === 'list') {
+      const list = await keys.list(v.tenant !== undefined ? { tenant: v.tenant } : {});
+      if (v.json) {
+        process.stdout.write(JSON.stringify(list, null, 2) + '\n');
+        return 0;
+      }
+      process.stdout.write('ID                TENANT        STATUS   SCOPES  NAME  LAST-USED\n');
+      for (const k of list) {
+        const status = k.revokedAt
+          ? 'revoked'
+          : k.expiresAt && Date.parse(k.expiresAt) <= Date.now()
+            ? 'expired'
+            : 'active';
+        process.stdout.write(
+          `${k.id}  ${k.tenant.padEnd(12)}  ${status.padEnd(7)}  ${k.scopes.join(',')}  ${JSON.stringify(k.name)}  ${k.lastUsedAt ?? '-'}\n`,
+        );
+      }
+      return 0;
+    }
+    const id = parsed.positionals[0];
+    if (id === undefined)
+      throw new PalisadeError('INVALID_ARGUMENT', `Give the key id to revoke.\n\n${KEYS_USAGE}`);
+    const info = await keys.revoke(id);
+    await audit.append({
+      type: 'key.revoke',
+      tenant: info.tenant,
+      actor: 'cli',
+      data: { keyId: id },
+    });
+    process.stdout.write(`revoked ${id}\n`);
+    return 0;
+  } finally {
+    await store.close();
+  }
+}

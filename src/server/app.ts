@@ -1,0 +1,299 @@
+import { randomBytes } from 'node:crypto';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import pino from 'pino';
+import { AuditLog } from '../audit/index.js';
+import {
+  FailedAuthThrottle,
+  KeyStore,
+  RateLimiter,
+  hasScope,
+  type Principal,
+  type RateCategory,
+  type Scope,
+} from '../auth/index.js';
+import { PalisadeError } from '../errors/index.js';
+import type { SandboxRuntime } from '../sandbox/types.js';
+import type { Store } from '../store/index.js';
+import type { ServerConfig } from './config.js';
+import { ExecService } from './executions.js';
+import { securityHeaders } from './headers.js';
+import { toErrorResponse } from './http-errors.js';
+import { buildOpenApi, type RouteDoc } from './openapi.js';
+import type { PolicyLayer } from '../policy/index.js';
+import type { ExecPolicy } from './policy-hook.js';
+import { registerAdminRoutes } from './routes-admin.js';
+import { registerSandboxRoutes } from './routes-sandboxes.js';
+import { SandboxService } from './sandboxes.js';
+
+export const API_VERSION = '1.0.0';
+
+export interface RouteAccess {
+  /** Scope required; 'authenticated' for any valid key; 'public' for the few unauthenticated routes. */
+  scope: Scope | 'authenticated' | 'public';
+  category: RateCategory;
+  summary: string;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    principal: Principal | null;
+  }
+  interface FastifyContextConfig {
+    access?: RouteAccess;
+  }
+}
+
+export interface AppDeps {
+  config: ServerConfig;
+  store: Store;
+  runtime: SandboxRuntime;
+  /** Operator (and tenant) policy layers; each sandbox may add its own sandbox layer. */
+  policyLayers?: PolicyLayer[];
+  /** The engine built from `policyLayers` (built by startControlPlane). */
+  basePolicy?: ExecPolicy;
+}
+
+export interface App {
+  readonly fastify: FastifyInstance;
+  readonly keys: KeyStore;
+  readonly audit: AuditLog;
+  readonly sandboxes: SandboxService;
+  readonly execs: ExecService;
+  readonly limiter: RateLimiter;
+  readonly authThrottle: FailedAuthThrottle;
+}
+
+function requestId(): string {
+  return `req_${randomBytes(12).toString('base64url')}`;
+}
+
+/** Principal of an authenticated route (the auth hook guarantees it). */
+export function principalOf(request: FastifyRequest): Principal {
+  if (!request.principal) throw new PalisadeError('UNAUTHENTICATED', 'Missing or invalid API key.');
+  return request.principal;
+}
+
+export function sendError(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  err: unknown,
+): FastifyReply {
+  const { status, body } = toErrorResponse(err, request.id);
+  if (status >= 500) request.log.error({ err }, 'request failed');
+  if (
+    status === 429 &&
+    err instanceof PalisadeError &&
+    typeof err.details?.retryAfterSeconds === 'number'
+  ) {
+    void reply.header('retry-after', String(err.details.retryAfterSeconds));
+  }
+  return reply.code(status).type('application/json; charset=utf-8').send(body);
+}
+
+/** Builds the Fastify app with every control and route; does not listen. */
+export function buildApp(deps: AppDeps): App {
+  const { config, store, runtime } = deps;
+  const logger = pino(
+    {
+      level: config.logLevel,
+      redact: {
+        paths: [
+          'req.headers.authorization',
+          'req.headers.cookie',
+          'headers.authorization',
+          'key',
+          '*.key',
+          'secret',
+          '*.secret',
+          'env',
+          '*.env',
+          'body.env',
+          'body.stdin',
+        ],
+        censor: '[redacted]',
+      },
+    },
+    config.logStream ?? pino.destination(2),
+  );
+  const fastify = Fastify({
+    loggerInstance: logger,
+    bodyLimit: config.bodyLimitBytes,
+    genReqId: requestId,
+    requestIdHeader: false,
+    trustProxy: false,
+    return503OnClosing: true,
+    connectionTimeout: 0,
+    // Bounds how long a client may take to send its request (slow-loris); responses such as
+    // long execs and SSE streams are not limited by it.
+    requestTimeout: 30_000,
+    keepAliveTimeout: 10_000,
+    routerOptions: { maxParamLength: 200 },
+    ...(config.tls ? { https: { cert: config.tls.cert, key: config.tls.key } } : {}),
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  }) as unknown as FastifyInstance;
+
+  const keys = new KeyStore(store.db);
+  const audit = new AuditLog(store.db);
+  const execs = new ExecService({
+    runtime,
+    audit,
+    config: config.exec,
+    policyFor: (sandboxId) => sandboxes.policyFor(sandboxId),
+  });
+  // policyFor runs only for requests, after `sandboxes` is initialised.
+  const sandboxes: SandboxService = new SandboxService({
+    runtime,
+    policyLayers: deps.policyLayers ?? [],
+    ...(deps.basePolicy ? { basePolicy: deps.basePolicy } : {}),
+    db: store.db,
+    audit,
+    execs,
+    quotas: config.quotas,
+    defaultTimeoutMs: config.defaultSandboxTimeoutMs,
+    maxTimeoutMs: config.maxSandboxTimeoutMs,
+  });
+  const limiter = new RateLimiter({
+    ...(config.rateLimits.perKey ? { perKey: config.rateLimits.perKey } : {}),
+    ...(config.rateLimits.global ? { global: config.rateLimits.global } : {}),
+  });
+  const authThrottle = new FailedAuthThrottle(config.authThrottle);
+  const headers = securityHeaders(Boolean(config.tls));
+  const corsOrigins = new Set(config.corsOrigins);
+  const routes: RouteDoc[] = [];
+
+  fastify.server.maxConnections = config.maxConnections;
+  fastify.decorateRequest('principal', null);
+  fastify.removeContentTypeParser('text/plain');
+
+  fastify.addHook('onRoute', (route) => {
+    const access = (route.config as { access?: RouteAccess } | undefined)?.access;
+    if (!access || route.method === 'HEAD') return;
+    routes.push({
+      method: String(route.method),
+      url: route.url,
+      summary: access.summary,
+      scope: access.scope,
+      schema: (route.schema ?? {}) as Record<string, unknown>,
+    });
+  });
+
+  fastify.addHook('onRequest', async (request, reply) => {
+    void reply.headers(headers);
+    void reply.header('x-request-id', request.id);
+    const origin = request.headers.origin;
+    const corsAllowed = typeof origin === 'string' && corsOrigins.has(origin);
+    if (corsAllowed) {
+      void reply.header('access-control-allow-origin', origin);
+      void reply.header('vary', 'Origin');
+      void reply.header('access-control-expose-headers', 'X-Request-ID, Retry-After');
+    }
+    if (request.method === 'OPTIONS') {
+      if (corsAllowed) {
+        void reply.header('access-control-allow-methods', 'GET, POST, DELETE, OPTIONS');
+        void reply.header('access-control-allow-headers', 'Authorization, Content-Type, Accept');
+        void reply.header('access-control-max-age', '600');
+      }
+      return reply.code(204).send();
+    }
+    const access = request.routeOptions.config.access;
+    if (!access || access.scope === 'public') return;
+    const client = request.ip;
+    const wait = authThrottle.retryAfterSeconds(client);
+    if (wait > 0) {
+      return sendError(
+        request,
+        reply,
+        new PalisadeError(
+          'RATE_LIMITED',
+          `Too many failed authentication attempts; retry after ${wait} s.`,
+          {
+            retryAfterSeconds: wait,
+          },
+        ),
+      );
+    }
+    let principal: Principal;
+    try {
+      principal = await keys.authenticate(request.headers.authorization);
+    } catch (err) {
+      authThrottle.recordFailure(client);
+      await audit
+        .append({
+          type: 'auth.failure',
+          actor: null,
+          data: { client, method: request.method, route: request.routeOptions.url ?? null },
+        })
+        .catch(() => undefined);
+      return sendError(request, reply, err);
+    }
+    const decision = limiter.take(principal.keyId, access.category);
+    if (!decision.allowed) {
+      return sendError(
+        request,
+        reply,
+        new PalisadeError(
+          'RATE_LIMITED',
+          `Rate limit reached for ${access.category} requests (${decision.scope === 'key' ? 'this key' : 'whole server'}); retry after ${decision.retryAfterSeconds} s.`,
+          { retryAfterSeconds: decision.retryAfterSeconds, category: access.category },
+        ),
+      );
+    }
+    if (access.scope !== 'authenticated' && !hasScope(principal.scopes, access.scope)) {
+      return sendError(
+        request,
+        reply,
+        new PalisadeError(
+          'FORBIDDEN',
+          `This API key lacks the '${access.scope}' scope needed here.`,
+          {
+            requiredScope: access.scope,
+          },
+        ),
+      );
+    }
+    request.principal = principal;
+  });
+
+  // Hooks may be skipped for errors raised before routing; onSend runs for every reply.
+  fastify.addHook('onSend', async (request, reply, payload) => {
+    for (const [name, value] of Object.entries(headers))
+      if (!reply.hasHeader(name)) void reply.header(name, value);
+    if (!reply.hasHeader('x-request-id')) void reply.header('x-request-id', request.id);
+    return payload;
+  });
+
+  fastify.setErrorHandler((err, request, reply) => sendError(request, reply, err));
+  fastify.setNotFoundHandler((request, reply) =>
+    sendError(
+      request,
+      reply,
+      new PalisadeError(
+        'NOT_FOUND',
+        `No route ${request.method} ${request.url.split('?')[0]!.slice(0, 200)}. See /v1/openapi.json.`,
+      ),
+    ),
+  );
+
+  let openApiDoc: Record<string, unknown> | undefined;
+  fastify.get(
+    '/v1/openapi.json',
+    {
+      config: { access: { scope: 'public', category: 'read', summary: 'This OpenAPI document' } },
+      schema: { querystring: { type: 'object', additionalProperties: false, properties: {} } },
+    },
+    async () => (openApiDoc ??= buildOpenApi(routes, API_VERSION)),
+  );
+  fastify.get(
+    '/healthz',
+    {
+      config: { access: { scope: 'public', category: 'read', summary: 'Liveness' } },
+      schema: { querystring: { type: 'object', additionalProperties: false, properties: {} } },
+    },
+    async () => ({ ok: true }),
+  );
+
+  const app: App = { fastify, keys, audit, sandboxes, execs, limiter, authThrottle };
+  registerAdminRoutes(app);
+  registerSandboxRoutes(app, config);
+  return app;
+}

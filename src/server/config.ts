@@ -1,0 +1,142 @@
+import { isIP } from 'node:net';
+import { PalisadeError } from '../errors/index.js';
+import type { AuthThrottleOptions, RateLimitConfig } from '../auth/index.js';
+
+export interface TlsConfig {
+  /** PEM certificate chain. */
+  cert: string | Buffer;
+  /** PEM private key. */
+  key: string | Buffer;
+}
+
+export interface QuotaConfig {
+  /** Live (pending, running, paused) sandboxes per tenant. @default 20 */
+  maxLiveSandboxes: number;
+  /** Sum of live sandboxes' memory limits per tenant. @default 8 GiB */
+  maxTotalMemoryBytes: number;
+}
+
+export interface ExecConfig {
+  /** Default and maximum bytes of stdout and of stderr kept per exec. @default 1 MiB / 4 MiB */
+  defaultMaxOutputBytes: number;
+  maxOutputBytes: number;
+  /** Default and maximum exec timeout. @default 30 s / 1 h */
+  defaultTimeoutMs: number;
+  maxTimeoutMs: number;
+  /** Background execution records kept in memory (oldest finished evicted first). @default 1000 */
+  maxExecRecords: number;
+  /** Running background execs per sandbox. @default 16 */
+  maxRunningPerSandbox: number;
+  /** Log bytes kept per background exec (oldest chunks dropped; readers see the gap). @default 1 MiB */
+  maxLogBytesPerExec: number;
+}
+
+export interface ServerConfig {
+  /** @default 127.0.0.1 */
+  host: string;
+  /** @default 7070; 0 picks a free port */
+  port: number;
+  dataDir: string;
+  tls?: TlsConfig;
+  /** The operator states that a TLS-terminating proxy is in front (allows non-loopback plain HTTP). */
+  behindTlsProxy: boolean;
+  /** Exact origins (scheme://host[:port]) allowed by CORS. Empty: CORS off. */
+  corsOrigins: string[];
+  /** Largest accepted request body. @default 1 MiB */
+  bodyLimitBytes: number;
+  /** Open client connections; more are refused by the socket layer. @default 1024 */
+  maxConnections: number;
+  rateLimits: { perKey?: RateLimitConfig; global?: RateLimitConfig };
+  authThrottle: AuthThrottleOptions;
+  quotas: QuotaConfig;
+  exec: ExecConfig;
+  /** Sandbox lifetime when the caller gives none, and the maximum. @default 1 h / 7 days */
+  defaultSandboxTimeoutMs: number;
+  maxSandboxTimeoutMs: number;
+  /** How long terminated sandboxes' records are kept. @default 7 days */
+  retentionMs: number;
+  /** How often expiry and retention are checked. @default 1 s */
+  reaperIntervalMs: number;
+  /** pino level; 'silent' disables logs. @default info */
+  logLevel: string;
+  /** Where logs go. @default stderr (stdout is kept for the admin key line) */
+  logStream?: NodeJS.WritableStream;
+}
+
+export const DEFAULT_CONFIG: Omit<ServerConfig, 'dataDir'> = {
+  host: '127.0.0.1',
+  port: 7070,
+  behindTlsProxy: false,
+  corsOrigins: [],
+  bodyLimitBytes: 1024 * 1024,
+  maxConnections: 1024,
+  rateLimits: {},
+  authThrottle: {},
+  quotas: { maxLiveSandboxes: 20, maxTotalMemoryBytes: 8 * 1024 ** 3 },
+  exec: {
+    defaultMaxOutputBytes: 1024 * 1024,
+    maxOutputBytes: 4 * 1024 * 1024,
+    defaultTimeoutMs: 30_000,
+    maxTimeoutMs: 3_600_000,
+    maxExecRecords: 1000,
+    maxRunningPerSandbox: 16,
+    maxLogBytesPerExec: 1024 * 1024,
+  },
+  defaultSandboxTimeoutMs: 3_600_000,
+  maxSandboxTimeoutMs: 7 * 24 * 3_600_000,
+  retentionMs: 7 * 24 * 3_600_000,
+  reaperIntervalMs: 1000,
+  logLevel: 'info',
+};
+
+export type ServerConfigInput = Partial<Omit<ServerConfig, 'quotas' | 'exec'>> & {
+  dataDir: string;
+  quotas?: Partial<QuotaConfig>;
+  exec?: Partial<ExecConfig>;
+};
+
+export function isLoopbackHost(host: string): boolean {
+  if (host === 'localhost' || host === '::1') return true;
+  return isIP(host) === 4 && host.startsWith('127.');
+}
+
+const ORIGIN_RE =
+  /^https?:\/\/[A-Za-z0-9.-]+(:\d{1,5})?$|^https?:\/\/\[[0-9A-Fa-f:.]+\](:\d{1,5})?$/;
+
+/** Fills defaults and refuses insecure combinations (fail closed, with the fix in the message). */
+export function resolveConfig(input: ServerConfigInput): ServerConfig {
+  const config: ServerConfig = {
+    ...DEFAULT_CONFIG,
+    ...input,
+    quotas: { ...DEFAULT_CONFIG.quotas, ...input.quotas },
+    exec: { ...DEFAULT_CONFIG.exec, ...input.exec },
+  };
+  if (!isLoopbackHost(config.host) && !config.tls && !config.behindTlsProxy) {
+    throw new PalisadeError(
+      'INVALID_ARGUMENT',
+      `Refusing to serve plain HTTP on ${config.host}: API keys would cross the network in clear text. ` +
+        'Give a TLS certificate and key (--tls-cert, --tls-key), or state that a TLS-terminating proxy is in front (--behind-tls-proxy), or bind 127.0.0.1.',
+    );
+  }
+  if (config.tls && (!config.tls.cert || !config.tls.key)) {
+    throw new PalisadeError('INVALID_ARGUMENT', 'TLS needs both a certificate and a key.');
+  }
+  for (const origin of config.corsOrigins) {
+    if (origin === '*' || !ORIGIN_RE.test(origin)) {
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `Invalid CORS origin ${JSON.stringify(origin)}: list exact origins such as https://app.example.com; '*' is never allowed.`,
+      );
+    }
+  }
+  if (!Number.isInteger(config.port) || config.port < 0 || config.port > 65535) {
+    throw new PalisadeError('INVALID_ARGUMENT', `Invalid port ${config.port}: use 0-65535.`);
+  }
+  if (!Number.isInteger(config.bodyLimitBytes) || config.bodyLimitBytes < 1024) {
+    throw new PalisadeError(
+      'INVALID_ARGUMENT',
+      'The body limit must be an integer of at least 1024 bytes.',
+    );
+  }
+  return config;
+}

@@ -1,0 +1,108 @@
+import { chmodSync } from 'node:fs';
+import { openStore, type Store } from '../store/index.js';
+import type { SandboxRuntime } from '../sandbox/types.js';
+import { buildApp, type App } from './app.js';
+import { resolveConfig, type ServerConfig, type ServerConfigInput } from './config.js';
+import { createPolicyEngine, type PolicyLayer } from '../policy/index.js';
+
+export interface ControlPlane {
+  readonly app: App;
+  readonly config: ServerConfig;
+  readonly store: Store;
+  /** Base URL, e.g. http://127.0.0.1:7070 */
+  readonly url: string;
+  /** The admin key if this start created it (first start of the data directory), else undefined. */
+  readonly adminKey: string | undefined;
+  /** Stops listening; destroys live sandboxes unless `keepSandboxes`; closes the database. */
+  close(options?: { keepSandboxes?: boolean }): Promise<void>;
+}
+
+export interface StartOptions {
+  config: ServerConfigInput;
+  /** The engine. The caller owns it (and closes it after the control plane). */
+  runtime: SandboxRuntime;
+  /**
+   * Operator (and tenant) permission policy layers. Omitted: execs are not policy-checked,
+   * except in sandboxes created with their own policy layer.
+   */
+  policyLayers?: PolicyLayer[];
+}
+
+/**
+ * Opens the database, creates the admin key on first start, reconciles sandboxes the database
+ * thinks are live with the (fresh) engine, starts the expiry/retention reaper and listens.
+ */
+export async function startControlPlane(options: StartOptions): Promise<ControlPlane> {
+  const config = resolveConfig(options.config);
+  const policyLayers = options.policyLayers ?? [];
+  const basePolicy =
+    policyLayers.length > 0 ? await createPolicyEngine({ layers: policyLayers }) : undefined;
+  const store = await openStore({ dataDir: config.dataDir });
+  // Traversable but not listable: the engine's state usually lives below the data directory and
+  // sandbox uids must reach it; the database files themselves are owner-only (0600).
+  chmodSync(config.dataDir, 0o711);
+  let app: App | undefined;
+  try {
+    app = buildApp({
+      config,
+      store,
+      runtime: options.runtime,
+      policyLayers,
+      ...(basePolicy ? { basePolicy } : {}),
+    });
+    const adminKey = await app.keys.ensureAdminKey();
+    if (adminKey) {
+      await app.audit.append({
+        type: 'key.create',
+        tenant: 'default',
+        actor: 'system',
+        data: { admin: true, firstStart: true },
+      });
+    }
+    const lost = await app.sandboxes.reconcile();
+    await app.audit.append({
+      type: 'server.start',
+      actor: 'system',
+      data: { lostSandboxes: lost },
+    });
+    const started = app;
+    let reaping = false;
+    const reaper = setInterval(() => {
+      if (reaping) return;
+      reaping = true;
+      started.execs.sweep();
+      void started.sandboxes
+        .reap(config.retentionMs)
+        .catch((err: unknown) => started.fastify.log.error({ err }, 'reaper failed'))
+        .finally(() => {
+          reaping = false;
+        });
+    }, config.reaperIntervalMs);
+    reaper.unref();
+    const address = await app.fastify.listen({ host: config.host, port: config.port });
+    const url = address.replace('[::]', '[::1]');
+    let closed = false;
+    return {
+      app,
+      config,
+      store,
+      url,
+      adminKey,
+      async close(closeOptions = {}) {
+        if (closed) return;
+        closed = true;
+        clearInterval(reaper);
+        await started.fastify.close();
+        if (!closeOptions.keepSandboxes) await started.sandboxes.shutdown();
+        await started.sandboxes.settle();
+        started.sandboxes.close();
+        await started.audit.append({ type: 'server.stop', actor: 'system' }).catch(() => undefined);
+        await store.close();
+      },
+    };
+  } catch (err) {
+    if (app) await app.fastify.close().catch(() => undefined);
+    await store.close();
+    throw err;
+  }
+}

@@ -1,0 +1,2 @@
+export { openStore, DATABASE_FILE, type Store, type OpenStoreOptions } from './open.js';
+export type { Database, ApiKeyTable, SandboxTable, AuditTable, MetaTable } from './schema.js';
