@@ -239,6 +239,37 @@ describe('workspace pool (loop-mounted ext4 image per workspace)', () => {
     await pool.remove('sb-fits', { uid: UID_C });
   });
 
+  test('concurrent creates format in parallel but never overcommit the budget', async () => {
+    // 256 MiB budget, 64 MiB held by sb-fill and sb-other: room for exactly six 32 MiB workspaces.
+    const ids = Array.from({ length: 7 }, (_, i) => `sb-par${i}`);
+    const results = await Promise.allSettled(
+      ids.map((id, i) =>
+        pool.create(id, { uid: UID_C + 100 + i, gid: UID_C + 100 + i }, { bytes: 32 * MIB }),
+      ),
+    );
+    const made = results.filter((r) => r.status === 'fulfilled');
+    const refused = results.filter((r) => r.status === 'rejected');
+    assert.equal(made.length, 6);
+    assert.equal(refused.length, 1);
+    for (const r of refused)
+      assert.ok(isPalisadeError((r as PromiseRejectedResult).reason, 'SANDBOX_LIMIT_REACHED'));
+    for (const [i, r] of results.entries()) {
+      if (r.status === 'fulfilled') await pool.remove(ids[i]!, { uid: UID_C + 100 + i });
+    }
+    const dup = await Promise.allSettled([
+      pool.create('sb-dup1', { uid: UID_C + 200, gid: UID_C + 200 }, { bytes: 16 * MIB }),
+      pool.create('sb-dup2', { uid: UID_C + 200, gid: UID_C + 200 }, { bytes: 16 * MIB }),
+    ]);
+    assert.equal(
+      dup.filter((r) => r.status === 'fulfilled').length,
+      1,
+      'one owner, one workspace, even when concurrent',
+    );
+    for (const [i, r] of dup.entries()) {
+      if (r.status === 'fulfilled') await pool.remove(`sb-dup${i + 1}`, { uid: UID_C + 200 });
+    }
+  });
+
   test('bad ids, owners and quotas are rejected with clear errors and nothing is created', async () => {
     const owner = { uid: UID_C, gid: UID_C };
     for (const id of [

@@ -163,12 +163,19 @@ class LoopImagePool implements WorkspacePool {
   /** Mutations run one at a time so admission control sees a consistent picture. */
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
+  private readonly inFlight = new Set<Promise<string>>();
+  private readonly creatingOwners = new Set<number>();
 
   constructor(root: string, dataDir: string, budgetBytes: number) {
     this.dataDir = dataDir;
     this.mountPoint = join(root, 'mnt');
     this.imageDir = join(root, 'images');
     this.budgetBytes = budgetBytes;
+  }
+
+  /** Waits for creates that are formatting or mounting outside the queue. */
+  private async settleCreates(): Promise<void> {
+    await Promise.allSettled([...this.inFlight]);
   }
 
   private serialized<T>(task: () => Promise<T>): Promise<T> {
@@ -198,16 +205,27 @@ class LoopImagePool implements WorkspacePool {
     const uid = validateUid(owner?.uid, 'uid');
     const gid = validateUid(owner?.gid, 'gid');
     const limits = validateQuota(quota);
-    return this.serialized(async () => {
+    // Admission (budget, duplicate ids and owners, reserving the image file) is serialized so
+    // concurrent creates see each other; formatting and mounting, the slow part, run in
+    // parallel. Operations that walk all mounts (remove, reap, close) wait for creates in flight.
+    const { path, image } = await this.serialized(async () => {
       const path = this.workspacePath(id);
       const image = this.imagePath(id);
       if ((await exists(image)) || (await exists(path))) {
         throw new PalisadeError('CONFLICT', `a workspace for ${id} already exists`);
       }
+      if (this.creatingOwners.has(uid)) {
+        throw new PalisadeError('CONFLICT', `uid ${uid} already owns a workspace`);
+      }
       await this.admit(limits.bytes);
       await this.ensureNoOwnerClash(uid);
+      await reserveImage(image, limits.bytes);
+      this.creatingOwners.add(uid);
+      return { path, image };
+    });
+    const creation = (async () => {
       try {
-        await makeImage(image, limits.bytes, limits.inodes, uid, gid);
+        await formatImage(image, limits.inodes, uid, gid);
         await mkdir(path, { mode: 0o700 });
         await mountImage(image, path);
         // The filesystem root is the workspace; lost+found would only confuse the agent.
@@ -224,8 +242,16 @@ class LoopImagePool implements WorkspacePool {
       } catch (err) {
         await this.removeUnchecked(id).catch(() => undefined);
         throw err;
+      } finally {
+        this.creatingOwners.delete(uid);
       }
-    });
+    })();
+    this.inFlight.add(creation);
+    try {
+      return await creation;
+    } finally {
+      this.inFlight.delete(creation);
+    }
   }
 
   /** Two workspaces with one uid would make usage() ambiguous and share a quota identity. */
@@ -312,6 +338,7 @@ class LoopImagePool implements WorkspacePool {
 
   async reapLeftovers(keep: ReadonlySet<string>): Promise<string[]> {
     return this.serialized(async () => {
+      await this.settleCreates();
       const ids = new Set<string>();
       for (const name of await readdir(this.imageDir)) {
         const id = name.endsWith(IMAGE_SUFFIX) ? name.slice(0, -IMAGE_SUFFIX.length) : '';
@@ -335,6 +362,7 @@ class LoopImagePool implements WorkspacePool {
   close(): Promise<void> {
     if (this.closed) return Promise.resolve();
     return this.serialized(async () => {
+      await this.settleCreates();
       for (const mount of await this.workspaceMounts()) await unmountAll(mount.mountPoint);
       this.closed = true;
     });
@@ -393,13 +421,7 @@ function formatBytes(bytes: number): string {
   return `${(bytes / MIB).toFixed(1)} MiB`;
 }
 
-async function makeImage(
-  image: string,
-  bytes: number,
-  inodes: number,
-  uid: number,
-  gid: number,
-): Promise<void> {
+async function reserveImage(image: string, bytes: number): Promise<void> {
   // O_EXCL|O_NOFOLLOW: never reuse or follow something already at that name.
   const handle = await open(
     image,
@@ -411,6 +433,9 @@ async function makeImage(
   } finally {
     await handle.close();
   }
+}
+
+async function formatImage(image: string, inodes: number, uid: number, gid: number): Promise<void> {
   const result = await runCommand('mkfs.ext4', [
     '-q',
     '-F',
@@ -545,7 +570,10 @@ async function probe(root: string): Promise<void> {
   await rm(path, { recursive: true, force: true });
   await rm(image, { force: true });
   try {
-    await makeImage(image, PROBE_BYTES, MIN_INODES, 1, 1).catch((err: unknown) => {
+    await (async () => {
+      await reserveImage(image, PROBE_BYTES);
+      await formatImage(image, MIN_INODES, 1, 1);
+    })().catch((err: unknown) => {
       if (err instanceof PalisadeError && err.code === 'REQUIREMENT_MISSING') throw err;
       throw requirementMissing(
         'mkfs.ext4 cannot build a workspace image',
