@@ -3,10 +3,17 @@ import { isPalisadeError } from '../errors/index.js';
 const USAGE = `palisade — secure sandboxes for AI agents
 
 Usage:
+  palisade serve [options]                  run the API server (prints the admin key on first start)
   palisade run [options] -- CMD [ARGS...]   run a command in a one-shot sandbox
   palisade doctor                           check that this host can run sandboxes
+  palisade demo                             show what a sandbox looks like from the inside
   palisade policy check ...                 explain what the policy decides for an action
+  palisade keys create|list|revoke          manage API keys (talks to the database)
+  palisade audit verify|export              check or export the tamper-evident audit log
+  palisade sandbox create|ls|exec|rm        use a running server (PALISADE_URL, PALISADE_API_KEY)
   palisade help                             show this help
+
+Run 'palisade <command> --help' for a command's options.
 `;
 
 type Command = (args: string[]) => Promise<number>;

@@ -134,6 +134,10 @@ export function parseRunArgs(args: string[]): RunOptions {
 }
 
 export async function runCommand(args: string[]): Promise<number> {
+  if (args[0] === '--help' || args[0] === '-h') {
+    process.stdout.write(RUN_USAGE);
+    return 0;
+  }
   let options: RunOptions;
   try {
     options = parseRunArgs(args);
