@@ -30,7 +30,11 @@ if (files.length === 0) {
 
 // Type errors anywhere (tests and benchmarks included) fail the run: tsx alone would strip them.
 if (process.env.PALISADE_SKIP_TYPECHECK !== '1') {
-  const tsc = spawnSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.json', '--noEmit'], { stdio: 'inherit' });
+  const tsc = spawnSync(
+    process.execPath,
+    ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.json', '--noEmit'],
+    { stdio: 'inherit' },
+  );
   if (tsc.status !== 0) {
     console.error('type check failed');
     process.exit(1);

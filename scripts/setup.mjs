@@ -31,7 +31,10 @@ function have(binary) {
 
 // 1. npm dependencies.
 const lockStamp = join(root, 'node_modules/.package-lock.json');
-if (!existsSync(lockStamp) || statSync(lockStamp).mtimeMs < statSync(join(root, 'package-lock.json')).mtimeMs) {
+if (
+  !existsSync(lockStamp) ||
+  statSync(lockStamp).mtimeMs < statSync(join(root, 'package-lock.json')).mtimeMs
+) {
   log('installing npm dependencies');
   run('npm', ['ci', '--no-audit', '--no-fund']);
 }
@@ -47,7 +50,9 @@ const wanted = [
 const missing = wanted.filter(([bin]) => !have(bin)).map(([, pkg]) => pkg);
 if (missing.length > 0) {
   if (process.getuid?.() !== 0) {
-    throw new Error(`missing Debian packages: ${missing.join(', ')}; install them with: sudo apt-get install -y ${missing.join(' ')}`);
+    throw new Error(
+      `missing Debian packages: ${missing.join(', ')}; install them with: sudo apt-get install -y ${missing.join(' ')}`,
+    );
   }
   log(`installing Debian packages: ${missing.join(', ')}`);
   run('apt-get', ['update', '-qq'], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
@@ -59,18 +64,32 @@ if (missing.length > 0) {
 // 3. Native helpers (the in-sandbox agent and the launcher).
 const nativeSrc = join(root, 'native');
 const nativeOut = join(root, 'native/build');
-if (existsSync(join(nativeSrc, 'Makefile')) && newestMtime(nativeSrc + '/src') > newestMtime(nativeOut)) {
+if (
+  existsSync(join(nativeSrc, 'Makefile')) &&
+  newestMtime(nativeSrc + '/src') > newestMtime(nativeOut)
+) {
   log('building native helpers');
   run('make', ['-s', '-C', nativeSrc]);
 }
 
 // 4. TypeScript build (the CLI runs from dist/).
 const distStamp = join(root, 'dist/src/cli/main.js');
-const srcNewest = Math.max(newestMtime(join(root, 'src')), statSync(join(root, 'tsconfig.json')).mtimeMs);
-if (!existsSync(distStamp) || statSync(distStamp).mtimeMs < srcNewest || process.env.PALISADE_REBUILD === '1') {
+const srcNewest = Math.max(
+  newestMtime(join(root, 'src')),
+  statSync(join(root, 'tsconfig.json')).mtimeMs,
+);
+if (
+  !existsSync(distStamp) ||
+  statSync(distStamp).mtimeMs < srcNewest ||
+  process.env.PALISADE_REBUILD === '1'
+) {
   log('compiling TypeScript');
-  execFileSync(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
-    cwd: root,
-    stdio: 'inherit',
-  });
+  execFileSync(
+    process.execPath,
+    [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'],
+    {
+      cwd: root,
+      stdio: 'inherit',
+    },
+  );
 }
