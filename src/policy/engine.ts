@@ -7,7 +7,7 @@ import { PalisadeError, isPalisadeError } from '../errors/index.js';
 import { createDangerousList, type DangerousList } from './dangerous.js';
 import { decideEgress, parseEgressPolicy, type EgressPolicy } from './network/index.js';
 import { canonicalPath, pathMatches } from './paths.js';
-import { bashMatches, compileRule, FILE_TOOLS, type CompiledRule } from './rules.js';
+import { BashRuleIndex, bashMatches, compileRule, FILE_TOOLS, type CompiledRule } from './rules.js';
 import { analyseShell, commandName, ShellParser, type ShellCommand } from './shell/index.js';
 import type {
   Action,
@@ -47,6 +47,7 @@ const SYSTEM_DIRS = new Set([
 ]);
 
 const RANK: Record<Decision, number> = { allow: 0, ask: 1, deny: 2 };
+const DENY_ASK: readonly Decision[] = ['deny', 'ask'];
 function worst(a: Decision, b: Decision): Decision {
   return RANK[a] >= RANK[b] ? a : b;
 }
@@ -160,15 +161,20 @@ export async function createPolicyEngine(options: PolicyEngineOptions): Promise<
 
 class Engine implements PolicyEngine {
   private readonly rules: Record<Decision, LayeredRule[]> = { deny: [], ask: [], allow: [] };
-  /** Bash rules split out once: they are consulted for every simple command. */
-  private readonly bashDenyAsk: LayeredRule[] = [];
-  private readonly bashAllow: LayeredRule[] = [];
+  /** Bash rules split out and indexed once: they are consulted for every simple command. */
+  private readonly bashDenyAsk: BashRuleIndex<LayeredRule>;
+  private readonly bashAllow: BashRuleIndex<LayeredRule>;
+  /** File rules by the tool of the action (related tools included) and effect, in rule order. */
+  private readonly fileRules = new Map<FileTool, Record<Decision, LayeredRule[]>>();
   private readonly networks: Array<{ layer: PolicyLayer; policy: EgressPolicy }> = [];
   private readonly defaultDecision: Decision;
   private readonly defaultSource: string;
   private readonly notUnderstood: 'ask' | 'deny';
   private readonly cache = new Map<string, DecisionResult>();
   private readonly fileRuleTools = new Set<string>();
+  /** The start directory of commands sent without a cwd (the workspace), resolved once. */
+  private readonly workspaceCwd: { path: string } | { error: string };
+  private readonly fallbackReason: string;
 
   constructor(
     layers: PolicyLayer[],
@@ -180,6 +186,8 @@ class Engine implements PolicyEngine {
   ) {
     let def: Decision | null = null;
     let defSource = 'built-in fallback';
+    const bashDenyAsk: LayeredRule[] = [];
+    const bashAllow: LayeredRule[] = [];
     let nu: 'ask' | 'deny' | null = null;
     for (const layer of layers) {
       if (typeof layer !== 'object' || layer === null || !layer.permissions || !layer.network) {
@@ -201,7 +209,7 @@ class Engine implements PolicyEngine {
           const layered = { compiled, layer: layer.name, source: layer.source };
           this.rules[effect].push(layered);
           if (compiled.tool === 'Bash')
-            (effect === 'allow' ? this.bashAllow : this.bashDenyAsk).push(layered);
+            (effect === 'allow' ? bashAllow : bashDenyAsk).push(layered);
           if (FILE_TOOLS.has(rule.tool) && effect !== 'allow') this.fileRuleTools.add(rule.tool);
         }
       }
@@ -216,8 +224,22 @@ class Engine implements PolicyEngine {
         ),
       });
     }
+    this.bashDenyAsk = new BashRuleIndex(bashDenyAsk);
+    this.bashAllow = new BashRuleIndex(bashAllow);
+    for (const tool of Object.keys(RELATED_FILE_TOOLS) as FileTool[]) {
+      const related = RELATED_FILE_TOOLS[tool];
+      const byEffect: Record<Decision, LayeredRule[]> = { deny: [], ask: [], allow: [] };
+      for (const effect of ['deny', 'ask', 'allow'] as const) {
+        byEffect[effect] = this.rules[effect].filter(
+          (l) => FILE_TOOLS.has(l.compiled.tool) && related.includes(l.compiled.tool as FileTool),
+        );
+      }
+      this.fileRules.set(tool, byEffect);
+    }
     this.defaultDecision = def ?? 'deny';
     this.defaultSource = defSource;
+    this.fallbackReason = `no rule matched; the default is ${this.defaultDecision} (${this.defaultSource})`;
+    this.workspaceCwd = this.resolve('.', undefined);
     this.notUnderstood = nu ?? 'ask';
   }
 
@@ -263,7 +285,7 @@ class Engine implements PolicyEngine {
   private fallback(): Verdict {
     return {
       decision: this.defaultDecision,
-      reason: `no rule matched; the default is ${this.defaultDecision} (${this.defaultSource})`,
+      reason: this.fallbackReason,
       rules: [],
       understood: true,
     };
@@ -281,16 +303,17 @@ class Engine implements PolicyEngine {
   // ---- files ----
 
   private fileMatches(
-    tools: readonly FileTool[],
+    tool: FileTool,
     canonical: string,
     effects: readonly Decision[],
     globPath = false,
   ): MatchedRule[] {
     const out: MatchedRule[] = [];
+    const byEffect = this.fileRules.get(tool);
+    if (byEffect === undefined) return out;
     for (const effect of effects) {
-      for (const l of this.rules[effect]) {
+      for (const l of byEffect[effect]) {
         const c = l.compiled;
-        if (!FILE_TOOLS.has(c.tool) || !tools.includes(c.tool as FileTool)) continue;
         if ('path' in c && (c.path === null || pathMatches(c.path, canonical, globPath)))
           out.push(this.matched(l));
       }
@@ -312,11 +335,7 @@ class Engine implements PolicyEngine {
     const resolved = this.resolve(path, cwd);
     if ('error' in resolved)
       return { decision: 'deny', reason: resolved.error, rules: [], understood: false };
-    const matches = this.fileMatches(RELATED_FILE_TOOLS[tool], resolved.path, [
-      'deny',
-      'ask',
-      'allow',
-    ]);
+    const matches = this.fileMatches(tool, resolved.path, ['deny', 'ask', 'allow']);
     const fb = this.fallback();
     return verdictFrom(matches, fb.decision, fb.reason);
   }
@@ -441,24 +460,32 @@ class Engine implements PolicyEngine {
     return result;
   }
 
+  private limitDeny(action: Action, reason: string): DecisionResult {
+    return this.finish(action, {
+      decision: 'deny',
+      reason,
+      rules: [{ rule: 'limit', layer: 'builtin', source: 'analyser', effect: 'deny' }],
+      understood: false,
+    });
+  }
+
   private analyseBash(action: Extract<Action, { tool: 'Bash' }>): DecisionResult {
     const command = action.command;
-    const limitDeny = (reason: string): DecisionResult =>
-      this.finish(action, {
-        decision: 'deny',
-        reason,
-        rules: [{ rule: 'limit', layer: 'builtin', source: 'analyser', effect: 'deny' }],
-        understood: false,
-      });
-    if (Buffer.byteLength(command, 'utf8') > this.limits.maxCommandBytes) {
-      return limitDeny(
+    // Cheap upper bound first: a UTF-16 length within a third of the limit cannot exceed it in UTF-8.
+    if (
+      command.length * 3 > this.limits.maxCommandBytes &&
+      Buffer.byteLength(command, 'utf8') > this.limits.maxCommandBytes
+    ) {
+      return this.limitDeny(
+        action,
         `the command is longer than ${this.limits.maxCommandBytes} bytes; split it up or raise limits.maxCommandBytes`,
       );
     }
     if (command.includes('\0'))
-      return limitDeny('the command contains a NUL byte, which no shell can run');
-    const resolvedCwd = this.resolve('.', action.cwd);
-    if ('error' in resolvedCwd) return limitDeny(`cwd: ${resolvedCwd.error}`);
+      return this.limitDeny(action, 'the command contains a NUL byte, which no shell can run');
+    const resolvedCwd =
+      action.cwd === undefined ? this.workspaceCwd : this.resolve('.', action.cwd);
+    if ('error' in resolvedCwd) return this.limitDeny(action, `cwd: ${resolvedCwd.error}`);
     const cwd = resolvedCwd.path;
     let analysis;
     try {
@@ -470,53 +497,48 @@ class Engine implements PolicyEngine {
       });
     } catch {
       // Fail closed without leaking internals; the analyser should never throw.
-      return limitDeny('the command could not be analysed');
+      return this.limitDeny(action, 'the command could not be analysed');
     }
     const limitProblem = analysis.problems.find((p) => p.kind === 'limit');
-    if (limitProblem) return limitDeny(`${limitProblem.message}; the command was not analysed`);
+    if (limitProblem)
+      return this.limitDeny(action, `${limitProblem.message}; the command was not analysed`);
 
     const subcommands: SubcommandResult[] = [];
     let understood = analysis.problems.length === 0;
+    // The worst decision so far, the reason and rules behind it; the reason text is built only
+    // when a verdict becomes the deciding one.
     let decision: Decision = 'allow';
     let reason = '';
     let rules: MatchedRule[] = [];
-    const consider = (d: Decision, why: () => string, matched: MatchedRule[]): void => {
-      if (reason === '' || RANK[d] > RANK[decision]) {
-        decision = d;
-        reason = why();
-        rules = [...matched];
-      } else if (d === decision) {
-        for (const m of matched)
-          if (!rules.some((r) => r.rule === m.rule && r.layer === m.layer)) rules.push(m);
-      }
-    };
     for (const p of analysis.problems) {
-      consider(this.notUnderstood, () => `not fully understood: ${p.message}`, [
-        {
-          rule: 'not-understood',
-          layer: 'builtin',
-          source: 'analyser',
-          effect: this.notUnderstood,
-        },
-      ]);
+      const matched: MatchedRule = {
+        rule: 'not-understood',
+        layer: 'builtin',
+        source: 'analyser',
+        effect: this.notUnderstood,
+      };
+      if (reason === '' || RANK[this.notUnderstood] > RANK[decision]) {
+        decision = this.notUnderstood;
+        reason = `not fully understood: ${p.message}`;
+        rules = [matched];
+      } else if (this.notUnderstood === decision) addRules(rules, [matched]);
     }
+    const several = analysis.commands.length > 1;
     for (const cmd of analysis.commands) {
       const v = this.decideCommand(cmd, cwd);
       if (!v.understood) understood = false;
-      const entry: SubcommandResult = {
+      subcommands.push({
         argv: cmd.argv,
         text: cmd.text,
         decision: v.decision,
         reason: v.reason,
         rules: v.rules,
-      };
-      subcommands.push(entry);
-      const several = analysis.commands.length > 1;
-      consider(
-        v.decision,
-        () => (several ? `${JSON.stringify(clip(cmd.text))}: ${v.reason}` : v.reason),
-        v.rules,
-      );
+      });
+      if (reason === '' || RANK[v.decision] > RANK[decision]) {
+        decision = v.decision;
+        reason = several ? `${JSON.stringify(clip(cmd.text))}: ${v.reason}` : v.reason;
+        rules = [...v.rules];
+      } else if (v.decision === decision) addRules(rules, v.rules);
     }
     if (reason === '') reason = 'the command runs nothing';
     return this.finish(action, { decision, reason, rules, understood }, subcommands);
@@ -550,7 +572,11 @@ class Engine implements PolicyEngine {
     const fullName = full ? commandName(full[0] as string) : '';
     const fullByName = full && fullName !== full[0] ? [fullName, ...full.slice(1)] : full;
     if (hasArgv) {
-      for (const l of this.bashDenyAsk) {
+      const firstWords =
+        fullByName === null
+          ? [name, cmd.argv[0] as string]
+          : [name, cmd.argv[0] as string, fullName];
+      for (const l of this.bashDenyAsk.candidates(firstWords)) {
         const c = l.compiled;
         if (c.tool !== 'Bash') continue;
         if (
@@ -581,12 +607,7 @@ class Engine implements PolicyEngine {
           }
           if (seen.has(canonical)) continue;
           seen.add(canonical);
-          for (const m of this.fileMatches(
-            RELATED_FILE_TOOLS[f.tool],
-            canonical,
-            ['deny', 'ask'],
-            f.glob === true,
-          )) {
+          for (const m of this.fileMatches(f.tool, canonical, DENY_ASK, f.glob === true)) {
             if (!matches.some((x) => x.rule === m.rule && x.layer === m.layer)) matches.push(m);
           }
         }
@@ -635,7 +656,7 @@ class Engine implements PolicyEngine {
     // Allow rules see argv[0] as its bare name only for the system directories: `./ls` is not `ls`.
     const allowArgv =
       cmd.argv[0]?.includes('/') && SYSTEM_DIRS.has(dirOf(cmd.argv[0])) ? byName : cmd.argv;
-    for (const l of this.bashAllow) {
+    for (const l of this.bashAllow.candidates([allowArgv[0] as string])) {
       const c = l.compiled;
       if (c.tool === 'Bash' && bashMatches(c.bash, allowArgv)) {
         const m = this.matched(l);
@@ -649,6 +670,12 @@ class Engine implements PolicyEngine {
 function dirOf(path: string): string {
   const slash = path.lastIndexOf('/');
   return slash <= 0 ? '/' : path.slice(0, slash);
+}
+
+/** Add the rules not already listed (same rule text from the same layer). */
+function addRules(rules: MatchedRule[], more: readonly MatchedRule[]): void {
+  for (const m of more)
+    if (!rules.some((r) => r.rule === m.rule && r.layer === m.layer)) rules.push(m);
 }
 
 function clip(text: string): string {

@@ -153,3 +153,54 @@ export function compileRule(rule: PermissionRule, workspace: string): CompiledRu
   }
   return { tool, rule, path: specifier === null ? null : compilePathPattern(specifier, workspace) };
 }
+
+/**
+ * Bash rules indexed by the command name they require, so a command is matched only against
+ * the rules that could match it. Rules whose first word is a wildcard, and glob and match-all
+ * rules, are candidates for every command. Candidates come back in the original rule order,
+ * so the result is the same as checking every rule in turn.
+ */
+export class BashRuleIndex<T extends { compiled: CompiledRule }> {
+  private readonly byFirstWord = new Map<string, number[]>();
+  private readonly everyCommand: number[] = [];
+
+  constructor(private readonly rules: readonly T[]) {
+    rules.forEach((rule, index) => {
+      const first = firstLiteralWord(rule.compiled);
+      if (first === null) {
+        this.everyCommand.push(index);
+        return;
+      }
+      const list = this.byFirstWord.get(first);
+      if (list === undefined) this.byFirstWord.set(first, [index]);
+      else list.push(index);
+    });
+  }
+
+  /** The rules that can match an argv whose first word is one of `firstWords`. */
+  candidates(firstWords: readonly string[]): T[] {
+    if (this.byFirstWord.size === 0) return this.rules as T[];
+    let indexes = this.everyCommand;
+    let copied = false;
+    for (let i = 0; i < firstWords.length; i++) {
+      const word = firstWords[i] as string;
+      if (firstWords.indexOf(word) !== i) continue;
+      const keyed = this.byFirstWord.get(word);
+      if (keyed === undefined) continue;
+      indexes = copied ? indexes.concat(keyed) : [...indexes, ...keyed];
+      copied = true;
+    }
+    if (copied) indexes.sort((a, b) => a - b);
+    return indexes.map((i) => this.rules[i] as T);
+  }
+}
+
+/** The exact argv[0] a Bash rule requires, or null when it can match any command name. */
+function firstLiteralWord(rule: CompiledRule): string | null {
+  if (rule.tool !== 'Bash') return null;
+  const m = rule.bash;
+  if (m.kind !== 'exact' && m.kind !== 'prefix') return null;
+  const first = m.tokens[0];
+  if (first === undefined || first.includes('*') || first.includes('?')) return null;
+  return first;
+}

@@ -5,8 +5,8 @@
  * `find -exec`, and inside literal scripts run by `sh -c`, `eval` and `source`. Anything that
  * cannot be fully understood is reported as a problem, never silently dropped.
  */
-import type { Node } from 'web-tree-sitter';
 import type { ShellParser } from './parser.js';
+import { fieldChild, fieldChildren, type SyntaxNode as Node } from './syntax.js';
 import { evaluateWord } from './words.js';
 
 export interface FileAccess {
@@ -68,6 +68,11 @@ export interface AnalyseOptions {
   maxCommands: number;
   /** performance.now() deadline for all parsing in this analysis. */
   deadline: number;
+  /**
+   * Copy every syntax node exactly instead of taking the fast paths of syntax.ts (slower;
+   * lets tests check that the fast paths change nothing).
+   */
+  exactSyntax?: boolean;
 }
 
 const MAX_AST_DEPTH = 512;
@@ -244,38 +249,36 @@ function analyseScript(
   if (ctx.stopped) return;
   if (depth > ctx.options.maxDepth)
     return limit(ctx, `nesting deeper than ${ctx.options.maxDepth} levels`);
-  const outcome = ctx.parser.parse(script, ctx.options.deadline);
-  if (outcome.tree === null) return limit(ctx, 'parsing took longer than the time limit');
-  const tree = outcome.tree;
-  try {
-    const saved = ctx.source;
-    ctx.source = script;
-    const root = tree.rootNode;
-    if (root.hasError) {
-      const where = findError(root);
-      const problem: Problem = {
-        kind: 'unclear',
-        message: `the command does not parse cleanly${where}`,
-      };
-      if (owner) owner.problems.push(problem);
-      else ctx.problems.push(problem);
-    }
-    visit(ctx, root, depth, 0, upstream);
-    ctx.source = saved;
-  } finally {
-    tree.delete();
+  const outcome = ctx.parser.parseSyntax(
+    script,
+    ctx.options.deadline,
+    MAX_AST_DEPTH,
+    ctx.options.exactSyntax === true,
+  );
+  if (outcome.root === null) {
+    return limit(
+      ctx,
+      outcome.reason === 'timeout'
+        ? 'parsing took longer than the time limit'
+        : `syntax nested deeper than ${MAX_AST_DEPTH} levels`,
+    );
   }
+  const saved = ctx.source;
+  ctx.source = script;
+  if (outcome.error !== null) {
+    const problem: Problem = {
+      kind: 'unclear',
+      message: `the command does not parse cleanly${outcome.error}`,
+    };
+    if (owner) owner.problems.push(problem);
+    else ctx.problems.push(problem);
+  }
+  visit(ctx, outcome.root, depth, 0, upstream);
+  ctx.source = saved;
 }
 
-function findError(node: Node): string {
-  if (node.isError || node.isMissing) {
-    const snippet = node.text.slice(0, 24).replace(/\s+/g, ' ');
-    return node.isMissing ? ` (missing "${node.type}")` : snippet ? ` (near "${snippet}")` : '';
-  }
-  for (const child of node.children) {
-    if (child.hasError || child.isMissing) return findError(child);
-  }
-  return '';
+function textOf(ctx: Context, node: Node): string {
+  return ctx.source.slice(node.startIndex, node.endIndex);
 }
 
 const NESTING: ReadonlySet<string> = new Set([
@@ -288,7 +291,6 @@ const NESTING: ReadonlySet<string> = new Set([
 const LEAF_WORDS: ReadonlySet<string> = new Set([
   'word',
   'raw_string',
-  'number',
   'ansi_c_string',
   'comment',
   'variable_name',
@@ -322,8 +324,8 @@ function visit(
       handleCommand(ctx, node, [], node, depth, astDepth, upstream);
       return;
     case 'redirected_statement': {
-      const body = node.childForFieldName('body');
-      const redirects = node.childrenForFieldName('redirect');
+      const body = fieldChild(node, 'body');
+      const redirects = fieldChildren(node, 'redirect');
       if (body !== null && body.type === 'command') {
         handleCommand(ctx, body, redirects, node, depth, astDepth, upstream);
       } else {
@@ -403,7 +405,8 @@ function unclear(cmd: ShellCommand, message: string): void {
 }
 
 function checkAssignment(ctx: Context, node: Node, cmd: ShellCommand | null): void {
-  const name = node.childForFieldName('name')?.text ?? '';
+  const nameNode = fieldChild(node, 'name');
+  const name = nameNode ? textOf(ctx, nameNode) : '';
   const base = name.includes('[') ? name.slice(0, name.indexOf('[')) : name;
   if (SENSITIVE_VARIABLES.has(base)) {
     const message = `sets ${base}, which changes what later commands run`;
@@ -414,17 +417,20 @@ function checkAssignment(ctx: Context, node: Node, cmd: ShellCommand | null): vo
 }
 
 function handleDeclaration(ctx: Context, node: Node): void {
-  const cmd = newCommand(node.text);
+  const cmd = newCommand(textOf(ctx, node));
   for (const child of node.children) {
     if (child.type === 'variable_assignment') {
       checkAssignment(ctx, child, cmd);
-      cmd.argv.push(child.text);
+      cmd.argv.push(textOf(ctx, child));
     } else if (!child.isNamed) cmd.argv.push(child.type);
     else {
       const w = evaluateWord(child, ctx.options.home, ctx.source);
       cmd.argv.push(...w.values);
       if (w.dynamic)
-        unclear(cmd, `a declaration depends on a run-time value (${child.text.slice(0, 40)})`);
+        unclear(
+          cmd,
+          `a declaration depends on a run-time value (${textOf(ctx, child).slice(0, 40)})`,
+        );
       if (w.problem) unclear(cmd, w.problem);
       if (SENSITIVE_VARIABLES.has(w.values[0] ?? ''))
         unclear(cmd, `changes ${w.values[0]}, which changes what later commands run`);
@@ -435,9 +441,9 @@ function handleDeclaration(ctx: Context, node: Node): void {
 }
 
 /** A redirect on a compound statement (`{ …; } > f`): keep its file accesses. */
-function handleRedirectOnly(ctx: Context, node: Node, redirects: Node[]): void {
+function handleRedirectOnly(ctx: Context, node: Node, redirects: readonly Node[]): void {
   if (redirects.length === 0) return;
-  const cmd = newCommand(node.text);
+  const cmd = newCommand(textOf(ctx, node));
   cmd.container = true;
   for (const r of redirects) collectRedirect(ctx, cmd, r);
   push(ctx, cmd);
@@ -450,7 +456,7 @@ function collectRedirect(
 ): { script: string | null } {
   if (redirect.type === 'heredoc_redirect') {
     const body = redirect.children.find((c) => c.type === 'heredoc_body');
-    return { script: body ? body.text : '' };
+    return { script: body ? textOf(ctx, body) : '' };
   }
   if (redirect.type === 'herestring_redirect') {
     const value = redirect.namedChildren[0];
@@ -466,12 +472,12 @@ function collectRedirect(
       break;
     }
   }
-  const destinations = redirect.childrenForFieldName('destination');
+  const destinations = fieldChildren(redirect, 'destination');
   const dest = destinations[0];
   if (!dest) return { script: null };
   if (
     (op === '>&' || op === '<&' || op === '&>' || op === '>&-' || op === '<&-') &&
-    /^([0-9]+-?|-)$/.test(dest.text)
+    /^([0-9]+-?|-)$/.test(textOf(ctx, dest))
   ) {
     return { script: null }; // file descriptor duplication, not a file
   }
@@ -502,7 +508,7 @@ function hasUnescapedNewline(text: string): boolean {
 function handleCommand(
   ctx: Context,
   node: Node,
-  outerRedirects: Node[],
+  outerRedirects: readonly Node[],
   textNode: Node,
   depth: number,
   astDepth: number,

@@ -3,7 +3,7 @@
  * escapes resolved, tilde and brace expansion applied. Anything whose value is only known at
  * run time (parameter expansion, command substitution, arithmetic) is marked dynamic.
  */
-import type { Node } from 'web-tree-sitter';
+import type { SyntaxNode as Node } from './syntax.js';
 
 export interface WordValue {
   /** Possible values after brace expansion (usually exactly one). */
@@ -32,8 +32,8 @@ interface Builder {
 }
 
 /**
- * `source` is the text the tree was parsed from (slicing it is much cheaper than Node.text);
- * `type` may be passed when the caller already read node.type.
+ * `source` is the text the tree was parsed from; `end` may end the word early (a newline the
+ * grammar glued onto it).
  */
 export function evaluateWord(
   node: Node,
@@ -85,6 +85,10 @@ function append(node: Node, b: Builder, unquoted: boolean, type: string = node.t
       appendUnquoted(textOf(node, b), b, unquoted);
       return;
     case 'number':
+      // `BASE#$(…)` and `BASE#${…}` are numbers whose value is computed at run time.
+      if (node.namedChildren.length > 0) b.dynamic = true;
+      b.text += textOf(node, b);
+      return;
     case 'variable_name':
       b.text += textOf(node, b);
       return;
@@ -100,6 +104,12 @@ function append(node: Node, b: Builder, unquoted: boolean, type: string = node.t
     }
     case 'string':
     case 'translated_string':
+      if (node.children.length === 0) {
+        // A plain "…" string (see SyntaxNode.children): nothing to unescape or expand.
+        const t = textOf(node, b);
+        b.text += t.slice(1, t.length - 1);
+        return;
+      }
       for (const child of node.children) {
         const childType = child.type;
         if (childType === 'string_content') b.text += unescapeDoubleQuoted(textOf(child, b));
