@@ -19,6 +19,19 @@ export type ErrorCode =
   | 'EXEC_NOT_FOUND'
   | 'EXEC_FAILED'
   | 'EXEC_START_FAILED'
+  // sandbox files API
+  | 'FILE_NOT_FOUND'
+  | 'FILE_EXISTS'
+  | 'FILE_TOO_LARGE'
+  | 'FILE_PERMISSION_DENIED'
+  | 'FILE_NOT_A_DIRECTORY'
+  | 'FILE_IS_A_DIRECTORY'
+  | 'FILE_DIRECTORY_NOT_EMPTY'
+  | 'FILE_CHANGED'
+  | 'FILE_NO_SPACE'
+  | 'FILE_OPERATION_FAILED'
+  | 'EDIT_NO_MATCH'
+  | 'EDIT_NOT_UNIQUE'
   // host requirements (fail closed)
   | 'REQUIREMENT_MISSING'
   // policy

@@ -12,6 +12,19 @@ export { validateEnv, BASE_ENV, ENV_LIMITS } from './env.js';
 export { DEFAULT_LIMITS, parseSize, parseDuration, resolveLimits } from './limits.js';
 export { SANDBOX_ID_PATTERN, assertSandboxId } from './ids.js';
 export {
+  createSandboxFiles,
+  sandboxPathBytes,
+  FILES_DEFAULTS,
+  type SandboxFiles,
+  type SandboxFilesOptions,
+  type SandboxPath,
+  type FileType,
+  type FileInfo,
+  type FileEntry,
+  type FileStat,
+  type SearchMatch,
+} from './files.js';
+export {
   checkRequirements,
   defaultHelperPath,
   type RequirementCheck,

@@ -40,6 +40,8 @@ const HOST_ETC_ENTRIES = [
 export const SANDBOX_UID = 1000;
 export const SANDBOX_GID = 1000;
 export const AGENT_PATH = '/.palisade/agent';
+/** The file-operations helper (native/src/palisade-files.c), run inside the sandbox by the files API. */
+export const FILES_HELPER_PATH = '/.palisade/files';
 export const NET_DIR = '/.palisade/net';
 export const WORKSPACE = '/workspace';
 
@@ -62,6 +64,8 @@ export interface LayoutInput {
   syntheticEtc: string;
   workspace: string;
   agentBinary: string;
+  /** The files helper; the engine always mounts it (optional only for layout benchmarks). */
+  filesBinary?: string;
   tmpBytes: number;
   mounts: Array<{ source: string; target: string; writable: boolean }>;
   bridgeSockets: Array<{ port: number; hostSocket: string }>;
@@ -93,6 +97,7 @@ export function filesystemArgs(input: LayoutInput): string[] {
   args.push('--perms', '01777', '--size', String(input.tmpBytes), '--tmpfs', '/tmp');
   args.push('--bind', input.workspace, WORKSPACE);
   args.push('--ro-bind', input.agentBinary, AGENT_PATH);
+  if (input.filesBinary) args.push('--ro-bind', input.filesBinary, FILES_HELPER_PATH);
   for (const b of input.bridgeSockets)
     args.push('--bind', b.hostSocket, `${NET_DIR}/${b.port}.sock`);
   for (const m of input.mounts) args.push(m.writable ? '--bind' : '--ro-bind', m.source, m.target);

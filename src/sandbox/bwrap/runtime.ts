@@ -325,6 +325,18 @@ export class BwrapRuntime implements SandboxRuntime {
     copyFileSync(full.helperPath, agentCopy + '.tmp');
     chmodSync(agentCopy + '.tmp', 0o755);
     renameSync(agentCopy + '.tmp', agentCopy);
+    // The files helper (files API) is built next to the agent and mounted at /.palisade/files.
+    const filesHelper = join(dirname(full.helperPath), 'palisade-files');
+    if (!existsSync(filesHelper)) {
+      throw new PalisadeError(
+        'REQUIREMENT_MISSING',
+        `the files helper ${filesHelper} is missing; build it with 'make -C native' (or 'npm run setup')`,
+      );
+    }
+    const filesCopy = join(binDir, 'palisade-files');
+    copyFileSync(filesHelper, filesCopy + '.tmp');
+    chmodSync(filesCopy + '.tmp', 0o755);
+    renameSync(filesCopy + '.tmp', filesCopy);
     full.helperPath = agentCopy;
     const seccompFile = join(full.dataDir, 'seccomp.bpf');
     writeFileSync(seccompFile, buildSeccompProgram().bytes, { mode: 0o644 });
@@ -704,6 +716,7 @@ export class BwrapRuntime implements SandboxRuntime {
           syntheticEtc: this.etcDir,
           workspace: parts.workspace,
           agentBinary: this.config.helperPath,
+          filesBinary: join(dirname(this.config.helperPath), 'palisade-files'),
           tmpBytes: parts.tmpBytes,
           mounts: parts.mounts,
           bridgeSockets: parts.bridges,
