@@ -11,6 +11,13 @@ import {
   type RateCategory,
   type Scope,
 } from '../auth/index.js';
+import {
+  createEgressGateway,
+  type EgressGateway,
+  type GatewayLimits,
+  type IpAddress,
+  type Resolver,
+} from '../egress/index.js';
 import { PalisadeError } from '../errors/index.js';
 import type { SandboxRuntime } from '../sandbox/types.js';
 import type { Store } from '../store/index.js';
@@ -24,6 +31,7 @@ import type { ExecPolicy } from './policy-hook.js';
 import { registerAdminRoutes } from './routes-admin.js';
 import { registerSandboxRoutes } from './routes-sandboxes.js';
 import { SandboxService } from './sandboxes.js';
+import { EgressAuditSink, SandboxNetworks } from './network.js';
 
 export const API_VERSION = '1.0.0';
 
@@ -51,6 +59,26 @@ export interface AppDeps {
   policyLayers?: PolicyLayer[];
   /** The engine built from `policyLayers` (built by startControlPlane). */
   basePolicy?: ExecPolicy;
+  /** The egress gateway the app owns. Omitted: no sandbox can have network (network sections are refused). */
+  egress?: EgressOptions;
+}
+
+export interface EgressOptions {
+  /** Directory for the per-sandbox proxy sockets (startControlPlane: `<dataDir>/egress`). */
+  socketDir: string;
+  /** Name resolution for the gateway (tests inject one that maps names to loopback). */
+  resolver?: Resolver;
+  limits?: Partial<GatewayLimits>;
+  /** A last veto before every upstream connect (tests keep traffic on loopback with it). */
+  connectGuard?: (address: IpAddress, port: number) => boolean;
+  /** Audit appends of egress events in flight; more are dropped and counted. @default 1024 */
+  maxPendingAuditEvents?: number;
+}
+
+export interface AppEgress {
+  readonly gateway: EgressGateway;
+  readonly networks: SandboxNetworks;
+  readonly auditSink: EgressAuditSink;
 }
 
 export interface App {
@@ -61,6 +89,8 @@ export interface App {
   readonly execs: ExecService;
   readonly limiter: RateLimiter;
   readonly authThrottle: FailedAuthThrottle;
+  /** The egress gateway and its audit bridge, when configured. The owner closes the gateway. */
+  readonly egress: AppEgress | undefined;
 }
 
 function requestId(): string {
@@ -134,6 +164,38 @@ export function buildApp(deps: AppDeps): App {
 
   const keys = new KeyStore(store.db);
   const audit = new AuditLog(store.db);
+  let egress: AppEgress | undefined;
+  if (deps.egress) {
+    const auditSink = new EgressAuditSink({
+      audit,
+      // Events of a just-released sandbox can arrive after its entry is gone: ask the database.
+      tenantOf: async (sandboxId) =>
+        networks.tenantOf(sandboxId) ??
+        (
+          await store.db
+            .selectFrom('sandboxes')
+            .select('tenant')
+            .where('id', '=', sandboxId)
+            .executeTakeFirst()
+        )?.tenant,
+      ...(deps.egress.maxPendingAuditEvents !== undefined
+        ? { maxPending: deps.egress.maxPendingAuditEvents }
+        : {}),
+    });
+    const gateway = createEgressGateway({
+      socketDir: deps.egress.socketDir,
+      sink: auditSink,
+      ...(deps.egress.resolver ? { resolver: deps.egress.resolver } : {}),
+      ...(deps.egress.limits ? { limits: deps.egress.limits } : {}),
+      ...(deps.egress.connectGuard ? { connectGuard: deps.egress.connectGuard } : {}),
+    });
+    // tenantOf runs only for gateway events, after `networks` is initialised.
+    const networks: SandboxNetworks = new SandboxNetworks({
+      gateway,
+      upperLayers: deps.policyLayers ?? [],
+    });
+    egress = { gateway, networks, auditSink };
+  }
   const execs = new ExecService({
     runtime,
     audit,
@@ -145,6 +207,7 @@ export function buildApp(deps: AppDeps): App {
     runtime,
     policyLayers: deps.policyLayers ?? [],
     ...(deps.basePolicy ? { basePolicy: deps.basePolicy } : {}),
+    ...(egress ? { networks: egress.networks } : {}),
     db: store.db,
     audit,
     execs,
@@ -189,7 +252,7 @@ export function buildApp(deps: AppDeps): App {
     }
     if (request.method === 'OPTIONS') {
       if (corsAllowed) {
-        void reply.header('access-control-allow-methods', 'GET, POST, DELETE, OPTIONS');
+        void reply.header('access-control-allow-methods', 'GET, POST, PUT, DELETE, OPTIONS');
         void reply.header('access-control-allow-headers', 'Authorization, Content-Type, Accept');
         void reply.header('access-control-max-age', '600');
       }
@@ -292,7 +355,7 @@ export function buildApp(deps: AppDeps): App {
     async () => ({ ok: true }),
   );
 
-  const app: App = { fastify, keys, audit, sandboxes, execs, limiter, authThrottle };
+  const app: App = { fastify, keys, audit, sandboxes, execs, limiter, authThrottle, egress };
   registerAdminRoutes(app);
   registerSandboxRoutes(app, config);
   return app;

@@ -1,5 +1,20 @@
 export { startControlPlane, type ControlPlane, type StartOptions } from './server.js';
-export { buildApp, API_VERSION, type App, type AppDeps } from './app.js';
+export {
+  buildApp,
+  API_VERSION,
+  type App,
+  type AppDeps,
+  type AppEgress,
+  type EgressOptions,
+} from './app.js';
+export {
+  EgressAuditSink,
+  EgressRuleCombiner,
+  SandboxNetworks,
+  allowRuleCovered,
+  type EgressRulesText,
+  type NetworkView,
+} from './network.js';
 export {
   resolveConfig,
   isLoopbackHost,
@@ -11,7 +26,7 @@ export {
   type ExecConfig,
 } from './config.js';
 export type { ExecPolicy, ExecPolicyDecision } from './policy-hook.js';
-export type { SandboxView, CreateSandboxBody, ListFilter } from './sandboxes.js';
+export type { SandboxView, CreateSandboxBody, ListFilter, NetworkRulesBody } from './sandboxes.js';
 export type { ExecView, ExecBody } from './executions.js';
 export {
   parseLabelSelector,

@@ -6,7 +6,7 @@ import { toErrorResponse } from './http-errors.js';
 import type { StreamName } from './chunk-log.js';
 import type { ServerConfig } from './config.js';
 import type { ExecBody } from './executions.js';
-import type { CreateSandboxBody } from './sandboxes.js';
+import type { CreateSandboxBody, NetworkRulesBody } from './sandboxes.js';
 
 const SANDBOX_ID = '^sb-[a-z2-7]{20}$';
 const EXEC_ID = '^ex-[a-z2-7]{20}$';
@@ -31,6 +31,19 @@ const ENV_SCHEMA = {
   maxProperties: 256,
   propertyNames: { type: 'string', maxLength: 256 },
   additionalProperties: { type: 'string', maxLength: 32768 },
+} as const;
+const RULE_LIST = {
+  type: 'array',
+  maxItems: 1000,
+  items: { type: 'string', minLength: 1, maxLength: 512 },
+} as const;
+/** The `network` section of a policy file: egress rules (grammar in docs/policy-network.md). */
+const NETWORK_RULES_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  description:
+    'Egress rules: allow and deny lists of rules such as "example.com", "*.npmjs.org:443", "10.0.0.0/8:5432". Operator denies always win; if the operator lists allow rules, every sandbox allow rule must lie within them.',
+  properties: { allow: RULE_LIST, deny: RULE_LIST },
 } as const;
 const STATES: SandboxState[] = ['pending', 'running', 'paused', 'terminated', 'failed'];
 
@@ -97,7 +110,7 @@ export function registerSandboxRoutes(app: App, config: ServerConfig): void {
               additionalProperties: false,
               description:
                 "The sandbox's permission policy layer (same format as a policy file); it can tighten, never loosen, the operator's policy.",
-              properties: { permissions: { type: 'object' }, network: { type: 'object' } },
+              properties: { permissions: { type: 'object' }, network: NETWORK_RULES_SCHEMA },
             },
           },
         },
@@ -242,6 +255,44 @@ export function registerSandboxRoutes(app: App, config: ServerConfig): void {
         (request.body as { timeoutMs: number }).timeoutMs,
       );
     },
+  );
+
+  fastify.get(
+    '/v1/sandboxes/:id/network',
+    {
+      config: {
+        access: {
+          scope: 'sandboxes:read',
+          category: 'read',
+          summary:
+            "A sandbox's egress rules (its own, the operator's, the enforced ones), gateway stats and recent denials",
+        },
+      },
+      schema: { params: ID_PARAMS, querystring: EMPTY_QUERY },
+    },
+    async (request) =>
+      sandboxes.network(principalOf(request), (request.params as { id: string }).id),
+  );
+
+  fastify.put(
+    '/v1/sandboxes/:id/network',
+    {
+      config: {
+        access: {
+          scope: 'sandboxes:write',
+          category: 'write',
+          summary:
+            "Replace a sandbox's egress rules, live: new connections follow them, open connections to now-denied destinations are closed",
+        },
+      },
+      schema: { params: ID_PARAMS, querystring: EMPTY_QUERY, body: NETWORK_RULES_SCHEMA },
+    },
+    async (request) =>
+      sandboxes.setNetwork(
+        principalOf(request),
+        (request.params as { id: string }).id,
+        (request.body ?? {}) as NetworkRulesBody,
+      ),
   );
 
   fastify.post(

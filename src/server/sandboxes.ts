@@ -7,10 +7,17 @@ import type {
   SandboxRuntime,
   SandboxState,
 } from '../sandbox/types.js';
-import { createPolicyEngine, parsePolicyObject, type PolicyLayer } from '../policy/index.js';
+import {
+  createPolicyEngine,
+  parseEgressPolicy,
+  parsePolicyObject,
+  type EgressPolicy,
+  type PolicyLayer,
+} from '../policy/index.js';
 import type { Database, SandboxTable } from '../store/index.js';
 import type { ExecPolicy } from './policy-hook.js';
 import type { QuotaConfig } from './config.js';
+import type { NetworkView, SandboxNetworks } from './network.js';
 import type { Caller, ExecService } from './executions.js';
 import {
   matchesSelector,
@@ -24,8 +31,17 @@ export interface CreateSandboxBody {
   env?: Record<string, string>;
   limits?: Partial<ResourceLimits>;
   timeoutMs?: number;
-  /** The sandbox's own permission policy layer ({permissions: …}); it can only tighten the operator's. */
+  /**
+   * The sandbox's own policy layer: `permissions` (can only tighten the operator's) and
+   * `network` (egress rules through the gateway, bounded by the operator's; absent = no network).
+   */
   policy?: Record<string, unknown>;
+}
+
+/** Body of PUT /v1/sandboxes/{id}/network: the sandbox layer's egress rules. */
+export interface NetworkRulesBody {
+  allow?: string[];
+  deny?: string[];
 }
 
 export interface SandboxView {
@@ -79,7 +95,11 @@ export class SandboxService {
   readonly #basePolicy: ExecPolicy | undefined;
   /** Policy engines of live sandboxes that have their own layer; removed when they end. */
   readonly #policies = new Map<string, ExecPolicy>();
+  /** The egress gateway's per-sandbox side; undefined when the server runs without a gateway. */
+  readonly #networks: SandboxNetworks | undefined;
   #writes: Promise<unknown> = Promise.resolve();
+  /** Network rule changes, one at a time, so the stored rules always match the enforced ones. */
+  #networkUpdates: Promise<unknown> = Promise.resolve();
 
   constructor(options: {
     runtime: SandboxRuntime;
@@ -91,7 +111,9 @@ export class SandboxService {
     maxTimeoutMs: number;
     policyLayers?: PolicyLayer[];
     basePolicy?: ExecPolicy;
+    networks?: SandboxNetworks;
   }) {
+    this.#networks = options.networks;
     this.#policyLayers = options.policyLayers ?? [];
     this.#basePolicy = options.basePolicy;
     this.#runtime = options.runtime;
@@ -143,6 +165,7 @@ export class SandboxService {
     if (ended && !this.#destroying.has(info.id)) {
       this.#execs.forgetSandbox(info.id);
       this.#policies.delete(info.id);
+      await this.#networks?.release(info.id).catch(() => undefined);
       await this.#audit.append({
         type: 'sandbox.ended',
         tenant: row.tenant,
@@ -164,19 +187,31 @@ export class SandboxService {
       );
     }
     let policy: ExecPolicy | undefined;
+    let network: EgressPolicy | undefined;
     if (body.policy !== undefined) {
+      const source = `api:tenant/${caller.tenant}/sandbox`;
+      // Validates both sections (unknown keys, rule syntax) before anything is created.
+      const layer = parsePolicyObject(body.policy, source, 'sandbox');
       if (body.policy.network !== undefined) {
-        throw new PalisadeError(
-          'INVALID_POLICY',
-          'Network policies are not accepted by the API yet (the egress gateway is not connected), and sandboxes have no network; remove "network" from the policy.',
-        );
+        if (!this.#networks) {
+          throw new PalisadeError(
+            'INVALID_POLICY',
+            'This server runs without an egress gateway, so sandboxes cannot have network; remove "network" from the policy.',
+          );
+        }
+        this.#networks.check(layer.network, 'network');
+        network = layer.network;
       }
-      const layer = parsePolicyObject(
-        body.policy,
-        `api:tenant/${caller.tenant}/sandbox`,
-        'sandbox',
-      );
-      policy = await createPolicyEngine({ layers: [...this.#policyLayers, layer] });
+      // Only a permissions section makes execs policy-checked: a network-only policy must not
+      // turn on the engine's default deny for every command.
+      if (body.policy.permissions !== undefined || body.policy.network === undefined) {
+        const permissionsOnly = parsePolicyObject(
+          { permissions: body.policy.permissions ?? {} },
+          source,
+          'sandbox',
+        );
+        policy = await createPolicyEngine({ layers: [...this.#policyLayers, permissionsOnly] });
+      }
     }
     const memory = body.limits?.memoryBytes ?? DEFAULT_MEMORY_BYTES;
     await this.#reserve(caller.tenant, memory);
@@ -187,6 +222,9 @@ export class SandboxService {
           labels,
           ...(Object.keys(env).length > 0 ? { env } : {}),
           ...(body.limits ? { limits: body.limits } : {}),
+          ...(network && this.#networks
+            ? { network: this.#networks.provider(caller.tenant, network) }
+            : {}),
         });
       } catch (err) {
         await this.#audit.append({
@@ -346,6 +384,8 @@ export class SandboxService {
         // The engine no longer knowing the sandbox is the outcome we want; anything else is real.
         if ((err as { code?: string }).code !== 'SANDBOX_NOT_FOUND') throw err;
       }
+      // The engine releases the network on destroy; this covers a sandbox it no longer knew.
+      await this.#networks?.release(row.id).catch(() => undefined);
       const now = new Date().toISOString();
       await this.#db
         .updateTable('sandboxes')
@@ -442,6 +482,68 @@ export class SandboxService {
       data: { expiresAt },
     });
     return toView(await this.#row(caller.tenant, id));
+  }
+
+  /** The sandbox's egress rules (its own, the operator's, the enforced ones) and gateway stats. */
+  async network(caller: Caller, id: string): Promise<NetworkView> {
+    await this.#row(caller.tenant, id);
+    if (this.#networks) return this.#networks.view(id);
+    return {
+      sandboxId: id,
+      enabled: false,
+      rules: null,
+      operator: { allow: [], deny: [] },
+      effective: null,
+      stats: null,
+      recentDenials: [],
+    };
+  }
+
+  /**
+   * Replaces the sandbox layer's egress rules, live: new connections follow them and open
+   * connections to destinations they deny are closed by the gateway.
+   */
+  setNetwork(caller: Caller, id: string, body: NetworkRulesBody): Promise<NetworkView> {
+    const run = this.#networkUpdates.then(() => this.#setNetwork(caller, id, body));
+    this.#networkUpdates = run.catch(() => undefined);
+    return run;
+  }
+
+  async #setNetwork(caller: Caller, id: string, body: NetworkRulesBody): Promise<NetworkView> {
+    const row = await this.#row(caller.tenant, id);
+    if (row.state === 'terminated' || row.state === 'failed') {
+      throw new PalisadeError(
+        'SANDBOX_NOT_RUNNING',
+        `Sandbox ${id} is ${row.state}; its network rules cannot be changed.`,
+      );
+    }
+    const rules = parseEgressPolicy(body, 'network');
+    if (!this.#networks) {
+      throw new PalisadeError(
+        'CONFLICT',
+        `Sandbox ${id} has no network: this server runs without an egress gateway.`,
+      );
+    }
+    const previous = this.#networks.view(id).rules;
+    this.#networks.update(id, rules);
+    const text = { allow: body.allow ?? [], deny: body.deny ?? [] };
+    const stored = row.policy ? (JSON.parse(row.policy) as Record<string, unknown>) : {};
+    await this.#db
+      .updateTable('sandboxes')
+      .set({
+        policy: JSON.stringify({ ...stored, network: text }),
+        updated_at: new Date().toISOString(),
+      })
+      .where('id', '=', id)
+      .execute();
+    await this.#audit.append({
+      type: 'sandbox.network_update',
+      tenant: caller.tenant,
+      sandboxId: id,
+      actor: caller.keyId,
+      data: { previous, rules: text },
+    });
+    return this.#networks.view(id);
   }
 
   /** Graceful shutdown: destroys every live sandbox and records why. */

@@ -1,7 +1,8 @@
-import { chmodSync } from 'node:fs';
+import { chmodSync, readdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { openStore, type Store } from '../store/index.js';
 import type { SandboxRuntime } from '../sandbox/types.js';
-import { buildApp, type App } from './app.js';
+import { buildApp, type App, type EgressOptions } from './app.js';
 import { resolveConfig, type ServerConfig, type ServerConfigInput } from './config.js';
 import { createPolicyEngine, type PolicyLayer } from '../policy/index.js';
 
@@ -26,6 +27,11 @@ export interface StartOptions {
    * except in sandboxes created with their own policy layer.
    */
   policyLayers?: PolicyLayer[];
+  /**
+   * Egress gateway settings (the gateway itself always runs; its sockets live in
+   * `<dataDir>/egress`). Tests inject a resolver and a connect guard here.
+   */
+  egress?: Omit<EgressOptions, 'socketDir'>;
 }
 
 /**
@@ -41,6 +47,8 @@ export async function startControlPlane(options: StartOptions): Promise<ControlP
   // Traversable but not listable: the engine's state usually lives below the data directory and
   // sandbox uids must reach it; the database files themselves are owner-only (0600).
   chmodSync(config.dataDir, 0o711);
+  const egressDir = join(config.dataDir, 'egress');
+  clearStaleEgressSockets(egressDir);
   let app: App | undefined;
   try {
     app = buildApp({
@@ -49,6 +57,7 @@ export async function startControlPlane(options: StartOptions): Promise<ControlP
       runtime: options.runtime,
       policyLayers,
       ...(basePolicy ? { basePolicy } : {}),
+      egress: { ...options.egress, socketDir: egressDir },
     });
     const adminKey = await app.keys.ensureAdminKey();
     if (adminKey) {
@@ -96,13 +105,36 @@ export async function startControlPlane(options: StartOptions): Promise<ControlP
         if (!closeOptions.keepSandboxes) await started.sandboxes.shutdown();
         await started.sandboxes.settle();
         started.sandboxes.close();
+        // Detaching cuts any connection still open; its final events are audited before the
+        // database closes.
+        await started.egress?.gateway.close().catch(() => undefined);
+        await started.egress?.auditSink.flush();
         await started.audit.append({ type: 'server.stop', actor: 'system' }).catch(() => undefined);
         await store.close();
       },
     };
   } catch (err) {
     if (app) await app.fastify.close().catch(() => undefined);
+    await app?.egress?.gateway.close().catch(() => undefined);
     await store.close();
     throw err;
+  }
+}
+
+const SANDBOX_DIR_RE = /^sb-[a-z2-7]{20}$/;
+
+/**
+ * A server killed without shutdown leaves its sandboxes' proxy socket directories behind. At
+ * start nothing is attached yet, so every per-sandbox directory there is stale.
+ */
+function clearStaleEgressSockets(dir: string): void {
+  let entries: string[];
+  try {
+    entries = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of entries) {
+    if (SANDBOX_DIR_RE.test(name)) rmSync(join(dir, name), { recursive: true, force: true });
   }
 }

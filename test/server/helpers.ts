@@ -10,6 +10,7 @@ import {
 import {
   startControlPlane,
   type ControlPlane,
+  type StartOptions,
   type ServerConfigInput,
 } from '../../src/server/index.js';
 
@@ -83,6 +84,7 @@ export async function startTestServer(
     engine?: SandboxRuntime;
     engineConfig?: EngineConfig;
     policyLayers?: PolicyLayer[];
+    egress?: StartOptions['egress'];
   } = {},
 ): Promise<TestServer> {
   const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), 'palisade-srv-'));
@@ -92,6 +94,7 @@ export async function startTestServer(
   const cp = await startControlPlane({
     runtime: engine,
     ...(options.policyLayers ? { policyLayers: options.policyLayers } : {}),
+    ...(options.egress ? { egress: options.egress } : {}),
     config: { dataDir, host: '127.0.0.1', port: 0, logLevel: 'silent', ...options.config },
   });
   const url = cp.url;

@@ -128,7 +128,7 @@ describe('per-sandbox permission policy', () => {
     assert.equal(r.status, 403);
   });
 
-  it('malformed policies and network policies are 400 with a clear message, and nothing is created', async () => {
+  it('malformed permission and network policies are 400 with a clear message, and nothing is created', async () => {
     const before = await s.req('GET', '/v1/sandboxes', { key: s.adminKey });
     const bad = await s.req('POST', '/v1/sandboxes', {
       key: s.adminKey,
@@ -138,10 +138,11 @@ describe('per-sandbox permission policy', () => {
     assert.equal(bad.json.code, 'INVALID_POLICY');
     const net = await s.req('POST', '/v1/sandboxes', {
       key: s.adminKey,
-      body: { policy: { network: { allow: ['example.com'] } } },
+      body: { policy: { network: { allow: ['exa mple.com'] } } },
     });
     assert.equal(net.status, 400);
-    assert.match(net.json.message, /egress gateway/);
+    assert.equal(net.json.code, 'INVALID_POLICY');
+    assert.match(net.json.message, /network\.allow\[0\]/);
     const extra = await s.req('POST', '/v1/sandboxes', {
       key: s.adminKey,
       body: { policy: { rules: [] } },

@@ -15,7 +15,11 @@ function pidsInUidRange(): number[] {
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      const m = /^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${entry}/status`, 'utf8'));
+      const status = readFileSync(`/proc/${entry}/status`, 'utf8');
+      // A zombie has already died (SIGKILL'd with its crashed server) and only waits to be
+      // reaped by init; it runs nothing and holds no resources but its pid.
+      if (/^State:\s+Z/m.test(status)) continue;
+      const m = /^Uid:\s+(\d+)/m.exec(status);
       const uid = m ? Number(m[1]) : -1;
       if (uid >= UID_START && uid < UID_START + UID_COUNT) out.push(Number(entry));
     } catch {
