@@ -5,7 +5,7 @@
 import { spawnSync } from 'node:child_process';
 import { accessSync, constants, existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
 import { packageRoot } from '../../util/paths.js';
 import { detectCgroups } from '../cgroups/index.js';
 
@@ -184,7 +184,14 @@ export function checkSeccomp(): RequirementCheck {
 export function checkHelper(helperPath: string): RequirementCheck {
   try {
     accessSync(helperPath, constants.X_OK);
-    return { name: 'native helper', ok: true, required: true, detail: helperPath };
+    // The files helper is built beside the agent; the engine refuses to start without it.
+    accessSync(join(dirname(helperPath), 'palisade-files'), constants.X_OK);
+    return {
+      name: 'native helper',
+      ok: true,
+      required: true,
+      detail: `${helperPath} (and palisade-files)`,
+    };
   } catch {
     return {
       name: 'native helper',
