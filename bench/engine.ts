@@ -137,7 +137,8 @@ async function main(): Promise<void> {
     const idle: SandboxInfo[] = [];
     const tIdle = performance.now();
     // 256 MiB workspaces: quotas are never overcommitted and the pool budget is 64 GiB.
-    for (let i = 0; i < IDLE_SANDBOXES; i++) idle.push(await engine.create({ limits: { diskBytes: 256 * 1024 * 1024 } }));
+    for (let i = 0; i < IDLE_SANDBOXES; i++)
+      idle.push(await engine.create({ limits: { diskBytes: 256 * 1024 * 1024 } }));
     const idleCreateMs = performance.now() - tIdle;
     await new Promise((r) => setTimeout(r, 500));
     let rss = 0;

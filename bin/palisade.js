@@ -5,7 +5,9 @@ import { fileURLToPath } from 'node:url';
 
 const entry = new URL('../dist/src/cli/main.js', import.meta.url);
 if (!existsSync(fileURLToPath(entry))) {
-  process.stderr.write('palisade: not built yet. Run `npm run setup` in the project directory first.\n');
+  process.stderr.write(
+    'palisade: not built yet. Run `npm run setup` in the project directory first.\n',
+  );
   process.exit(3);
 }
 const { main } = await import(entry.href);
