@@ -1,0 +1,25 @@
+/**
+ * The MCP server: Palisade's tools for agents over the Model Context Protocol (official SDK).
+ * Transports: stdio (`palisade mcp`, a client of a running server) and Streamable HTTP at
+ * /mcp on `palisade serve` (src/server/routes-mcp.ts). Tools call the HTTP API through the
+ * TypeScript SDK, so every call passes the server's auth, scopes, restrictions, rate limits,
+ * permission policy and audit.
+ */
+export {
+  createMcpServer,
+  describeFailure,
+  MCP_SERVER_NAME,
+  MCP_SERVER_VERSION,
+  type McpServerOptions,
+} from './server.js';
+export { runStdioMcpServer, identityOf, type StdioOptions } from './stdio.js';
+export { TOOL_DEFINITIONS, toolsFor, type ToolDefinition } from './tools.js';
+export { HANDLERS, ToolInputError, type McpIdentity, type ToolContext } from './handlers.js';
+export {
+  DEFAULT_OUTPUT_LIMITS,
+  capText,
+  headText,
+  renderStream,
+  type OutputLimits,
+} from './output.js';
+export { checkValue, type JsonSchema } from './schema.js';
