@@ -20,3 +20,14 @@ export {
   type AuthThrottleOptions,
 } from './limits.js';
 export { LruMap } from './lru.js';
+export {
+  MCP_TOOLS,
+  READ_ONLY_TOOLS,
+  TOOL_ACCESS,
+  isMcpToolName,
+  normaliseRestrictions,
+  restrictionError,
+  toolsAllowed,
+  type KeyRestrictions,
+  type McpToolName,
+} from './restrictions.js';

@@ -3,6 +3,7 @@ import type { Kysely } from 'kysely';
 import { PalisadeError } from '../errors/index.js';
 import type { ApiKeyTable, Database } from '../store/index.js';
 import { isScope, isValidTenant, type Scope } from './scopes.js';
+import { isMcpToolName, normaliseRestrictions, type McpToolName } from './restrictions.js';
 
 /** Every key starts with this, so leaked keys are recognisable by secret scanners. */
 export const KEY_PREFIX = 'psk_';
@@ -28,6 +29,10 @@ export interface ApiKeyInfo {
   expiresAt: string | null;
   revokedAt: string | null;
   lastUsedAt: string | null;
+  /** The one sandbox this key may use (null: any of its tenant's). */
+  sandboxId: string | null;
+  /** The MCP tools this key may use (null: all its scopes allow). */
+  tools: McpToolName[] | null;
 }
 
 /** The authenticated caller of a request. */
@@ -35,6 +40,10 @@ export interface Principal {
   keyId: string;
   tenant: string;
   scopes: Scope[];
+  /** Set for a key restricted to one sandbox (enforced by the auth hook on every route). */
+  sandboxId?: string;
+  /** Set for a key restricted to some MCP tools (enforced by the auth hook and the MCP server). */
+  tools?: McpToolName[];
 }
 
 export interface CreateKeyOptions {
@@ -42,6 +51,10 @@ export interface CreateKeyOptions {
   name: string;
   scopes: Scope[];
   expiresAt?: Date | null;
+  /** Restrict the key to this sandbox (it must exist in the key's tenant). */
+  sandboxId?: string | null;
+  /** Restrict the key to these MCP tools (and the HTTP routes they need). */
+  tools?: readonly string[] | null;
 }
 
 export function randomBase32(chars: number): string {
@@ -105,6 +118,27 @@ export class KeyStore {
     if (options.expiresAt && options.expiresAt.getTime() <= Date.now()) {
       throw new PalisadeError('INVALID_ARGUMENT', 'The expiry time must be in the future.');
     }
+    const restrictions = normaliseRestrictions(
+      {
+        ...(options.sandboxId != null ? { sandboxId: options.sandboxId } : {}),
+        ...(options.tools != null ? { tools: options.tools } : {}),
+      },
+      options.scopes,
+    );
+    if (restrictions.sandboxId !== undefined) {
+      const sandbox = await this.#db
+        .selectFrom('sandboxes')
+        .select('id')
+        .where('id', '=', restrictions.sandboxId)
+        .where('tenant', '=', options.tenant)
+        .executeTakeFirst();
+      if (!sandbox) {
+        throw new PalisadeError(
+          'SANDBOX_NOT_FOUND',
+          `No sandbox ${restrictions.sandboxId} in tenant '${options.tenant}'; restrict the key to an existing sandbox of its tenant.`,
+        );
+      }
+    }
     const id = randomBase32(KEY_ID_CHARS);
     const secret = randomBytes(32).toString('base64url');
     const row: ApiKeyTable = {
@@ -117,6 +151,8 @@ export class KeyStore {
       expires_at: options.expiresAt ? options.expiresAt.toISOString() : null,
       revoked_at: null,
       last_used_at: null,
+      sandbox_id: restrictions.sandboxId ?? null,
+      tools: restrictions.tools ? JSON.stringify(restrictions.tools) : null,
     };
     await this.#db.insertInto('api_keys').values(row).execute();
     return { key: `${KEY_PREFIX}${id}_${secret}`, info: toInfo(row) };
@@ -229,7 +265,15 @@ export class KeyStore {
         .where('id', '=', row.id)
         .execute();
     }
-    return { keyId: row.id, tenant: row.tenant, scopes: parseScopes(row.scopes) };
+    const principal: Principal = {
+      keyId: row.id,
+      tenant: row.tenant,
+      scopes: parseScopes(row.scopes),
+    };
+    if (row.sandbox_id !== null) principal.sandboxId = row.sandbox_id;
+    const tools = parseTools(row.tools);
+    if (tools !== null) principal.tools = tools;
+    return principal;
   }
 }
 
@@ -250,6 +294,22 @@ function parseScopes(json: string): Scope[] {
   }
 }
 
+/**
+ * A stored tool list that does not parse yields an empty list (fail closed: no tools, no
+ * routes), never "unrestricted".
+ */
+function parseTools(json: string | null): McpToolName[] | null {
+  if (json === null) return null;
+  try {
+    const parsed = JSON.parse(json) as unknown;
+    return Array.isArray(parsed)
+      ? parsed.filter((t): t is McpToolName => typeof t === 'string' && isMcpToolName(t))
+      : [];
+  } catch {
+    return [];
+  }
+}
+
 function toInfo(row: ApiKeyTable): ApiKeyInfo {
   return {
     id: row.id,
@@ -260,5 +320,7 @@ function toInfo(row: ApiKeyTable): ApiKeyInfo {
     expiresAt: row.expires_at,
     revokedAt: row.revoked_at,
     lastUsedAt: row.last_used_at,
+    sandboxId: row.sandbox_id,
+    tools: parseTools(row.tools),
   };
 }

@@ -4,6 +4,9 @@ export const SCOPES = [
   'sandboxes:write',
   'sandboxes:exec',
   'audit:read',
+  'metrics:read',
+  /** List, approve and deny pending human approvals (and read their feed). */
+  'approvals:write',
 ] as const;
 export type Scope = (typeof SCOPES)[number];
 

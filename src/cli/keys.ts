@@ -6,17 +6,22 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AuditLog } from '../audit/index.js';
-import { isScope, KeyStore, type Scope } from '../auth/index.js';
+import { isScope, KeyStore, MCP_TOOLS, READ_ONLY_TOOLS, type Scope } from '../auth/index.js';
 import { PalisadeError } from '../errors/index.js';
 import { openStore } from '../store/index.js';
 import { DEFAULT_DATA_ROOT } from './engine-config.js';
 
 export const KEYS_USAGE = `Usage:
-  palisade keys create --name NAME [--tenant T] [--scope S]... [--admin] [--expires ISO-TIME] [--data-dir DIR]
+  palisade keys create --name NAME [--tenant T] [--scope S]... [--admin] [--expires ISO-TIME]
+                       [--sandbox SANDBOX-ID] [--tools TOOL,...] [--read-only] [--data-dir DIR]
   palisade keys list [--tenant T] [--data-dir DIR]
   palisade keys revoke KEY-ID [--data-dir DIR]
 
-Scopes: admin, sandboxes:read, sandboxes:write, sandboxes:exec, audit:read
+Scopes: admin, sandboxes:read, sandboxes:write, sandboxes:exec, audit:read, metrics:read
+Restrictions (not with --admin): --sandbox limits the key to one sandbox of its tenant;
+--tools limits it to these MCP tools and the API routes they need; --read-only is --tools with
+the tools that change nothing (${READ_ONLY_TOOLS.join(', ')}).
+MCP tools: ${MCP_TOOLS.join(', ')}
 `;
 
 export async function keysCommand(args: string[]): Promise<number> {
@@ -33,6 +38,9 @@ export async function keysCommand(args: string[]): Promise<number> {
         scope: { type: 'string', multiple: true },
         admin: { type: 'boolean' },
         expires: { type: 'string' },
+        sandbox: { type: 'string' },
+        tools: { type: 'string', multiple: true },
+        'read-only': { type: 'boolean' },
         'data-dir': { type: 'string' },
         json: { type: 'boolean' },
       },
@@ -70,20 +78,36 @@ export async function keysCommand(args: string[]): Promise<number> {
           );
         }
       }
+      const listed = (v.tools ?? []).flatMap((t) => t.split(',')).map((t) => t.trim());
+      if (v['read-only'] && listed.length > 0)
+        throw new PalisadeError('INVALID_ARGUMENT', 'Give --tools or --read-only, not both.');
+      const tools = v['read-only'] ? [...READ_ONLY_TOOLS] : listed.length > 0 ? listed : undefined;
       const { key, info } = await keys.create({
         tenant: v.tenant ?? 'default',
         name: v.name,
         scopes: scopes as Scope[],
         expiresAt,
+        ...(v.sandbox !== undefined ? { sandboxId: v.sandbox } : {}),
+        ...(tools !== undefined ? { tools } : {}),
       });
       await audit.append({
         type: 'key.create',
         tenant: info.tenant,
         actor: 'cli',
-        data: { keyId: info.id, name: info.name, scopes: info.scopes, expiresAt: info.expiresAt },
+        data: {
+          keyId: info.id,
+          name: info.name,
+          scopes: info.scopes,
+          expiresAt: info.expiresAt,
+          sandboxId: info.sandboxId,
+          tools: info.tools,
+        },
       });
       process.stdout.write(
-        `API key: ${key}\nid: ${info.id}  tenant: ${info.tenant}  scopes: ${info.scopes.join(',')}\n`,
+        `API key: ${key}\nid: ${info.id}  tenant: ${info.tenant}  scopes: ${info.scopes.join(',')}` +
+          (info.sandboxId ? `  sandbox: ${info.sandboxId}` : '') +
+          (info.tools ? `  tools: ${info.tools.join(',')}` : '') +
+          '\n',
       );
       return 0;
     }

@@ -11,6 +11,8 @@ Usage:
   palisade keys create|list|revoke          manage API keys (talks to the database)
   palisade audit verify|export              check or export the tamper-evident audit log
   palisade sandbox create|ls|exec|rm        use a running server (PALISADE_URL, PALISADE_API_KEY)
+  palisade kill --label SEL|--all|ls|...    kill switch: destroy and block sandboxes (admin key)
+  palisade mcp                              MCP server on stdio for agents (PALISADE_URL, PALISADE_API_KEY)
   palisade help                             show this help
 
 Run 'palisade <command> --help' for a command's options.
@@ -36,6 +38,10 @@ async function loadCommand(name: string): Promise<Command | undefined> {
       return (await import('./audit.js')).auditCommand;
     case 'sandbox':
       return (await import('./sandbox.js')).sandboxCommand;
+    case 'kill':
+      return (await import('./kill.js')).killCommand;
+    case 'mcp':
+      return (await import('./mcp.js')).mcpCommand;
     default:
       return undefined;
   }

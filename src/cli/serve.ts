@@ -2,13 +2,24 @@
  * `palisade serve`: the authenticated HTTP API. Binds 127.0.0.1 unless TLS (or a TLS proxy in
  * front) is configured; prints the admin key once, on the first start of a data directory.
  */
-import { chmodSync, mkdirSync, readFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { PalisadeError } from '../errors/index.js';
-import { loadPolicyFile } from '../policy/index.js';
-import { createSandboxRuntime } from '../sandbox/index.js';
-import { startControlPlane } from '../server/index.js';
+import { MAX_POLICY_BYTES, parsePolicy } from '../policy/index.js';
+import { createSandboxRuntime, type SandboxRuntime } from '../sandbox/index.js';
+import { resolveConfig, startControlPlane, type ServerConfigInput } from '../server/index.js';
+import {
+  connectRemoteRuntime,
+  DEFAULT_SERVICE_USER,
+  dropPrivileges,
+  ensureServiceUser,
+  prepareSeparatedDataDir,
+  readWorkerSecrets,
+  spawnWorker,
+  startSupervisor,
+  type ServiceUser,
+} from '../supervisor/index.js';
 import { DEFAULT_DATA_ROOT } from './engine-config.js';
 
 export const SERVE_USAGE = `Usage: palisade serve [options]
@@ -27,6 +38,13 @@ Options:
   --engine-uids START:COUNT   host uid range for sandboxes (default 1900000000:100000); give each
                          server on one host its own range and --engine-cgroup
   --engine-cgroup NAME   cgroup directory name for this server's sandboxes (default palisade)
+  --service-user USER    unprivileged account (name, or UID:GID) the HTTP server runs as when
+                         started as root (default ${DEFAULT_SERVICE_USER}; created if missing)
+  --single-process       as root, do not split: the HTTP server then runs as root too (tests)
+
+Started as root, serve splits in two: a root supervisor runs the sandbox engine and the HTTP
+server runs as --service-user, asking the supervisor over an owner-only unix socket. Sandbox
+network (the egress gateway) is not available in that mode yet; use --single-process for it.
 `;
 
 export async function serveCommand(args: string[]): Promise<number> {
@@ -49,6 +67,11 @@ export async function serveCommand(args: string[]): Promise<number> {
         'log-level': { type: 'string' },
         'engine-uids': { type: 'string' },
         'engine-cgroup': { type: 'string' },
+        'single-process': { type: 'boolean' },
+        'service-user': { type: 'string' },
+        // Internal: set by the supervisor when it starts the HTTP worker.
+        'worker-socket': { type: 'string' },
+        'worker-ids': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -68,7 +91,23 @@ export async function serveCommand(args: string[]): Promise<number> {
     throw new PalisadeError('INVALID_ARGUMENT', '--port must be a number 0-65535.');
   const bodyLimit = v['body-limit'] === undefined ? undefined : Number(v['body-limit']);
   const dataDir = resolve(v['data-dir'] ?? DEFAULT_DATA_ROOT);
-  const policyLayers = v.policy !== undefined ? [await loadPolicyFile(v.policy, 'operator')] : [];
+  const workerSocket = v['worker-socket'];
+  if (workerSocket !== undefined) {
+    return runWorker(workerSocket, v['worker-ids'], {
+      host: v.host ?? '127.0.0.1',
+      port,
+      dataDir,
+      behindTlsProxy: v['behind-tls-proxy'] ?? false,
+      corsOrigins: v['cors-origin'] ?? [],
+      ...(bodyLimit !== undefined ? { bodyLimitBytes: bodyLimit } : {}),
+      logLevel: v['log-level'] ?? 'info',
+    });
+  }
+  const policyText = v.policy !== undefined ? await readPolicyText(v.policy) : undefined;
+  const policyLayers =
+    v.policy !== undefined && policyText !== undefined
+      ? [parsePolicy(policyText, v.policy, 'operator')]
+      : [];
   const readPem = (path: string, what: string) => {
     try {
       return readFileSync(path);
@@ -104,27 +143,104 @@ export async function serveCommand(args: string[]): Promise<number> {
       `Cannot create or use the data directory ${dataDir}; choose another with --data-dir.`,
     );
   }
-  const runtime = await createSandboxRuntime({
-    dataDir: join(dataDir, 'engine'),
+  const engineOptions = {
     ...(uidRange ? { uidRange } : {}),
     ...(v['engine-cgroup'] !== undefined ? { cgroupPrefix: v['engine-cgroup'] } : {}),
-  });
-  let plane;
-  try {
-    plane = await startControlPlane({
-      runtime,
-      policyLayers,
-      config: {
-        dataDir,
-        host: v.host ?? '127.0.0.1',
-        port,
-        ...(tls ? { tls } : {}),
-        behindTlsProxy: v['behind-tls-proxy'] ?? false,
-        corsOrigins: v['cors-origin'] ?? [],
-        ...(bodyLimit !== undefined ? { bodyLimitBytes: bodyLimit } : {}),
-        logLevel: v['log-level'] ?? 'info',
+  };
+  const serverConfig: ServerConfigInput = {
+    dataDir,
+    host: v.host ?? '127.0.0.1',
+    port,
+    ...(tls ? { tls } : {}),
+    behindTlsProxy: v['behind-tls-proxy'] ?? false,
+    corsOrigins: v['cors-origin'] ?? [],
+    ...(bodyLimit !== undefined ? { bodyLimitBytes: bodyLimit } : {}),
+    logLevel: v['log-level'] ?? 'info',
+  };
+  const isRoot = process.getuid?.() === 0;
+  if (isRoot && !v['single-process']) {
+    // Refuse a bad configuration (e.g. plain HTTP on a public address) before splitting.
+    resolveConfig(serverConfig);
+    const user = ensureServiceUser(v['service-user'] ?? DEFAULT_SERVICE_USER);
+    // The worker parses the same flags; what it may not be able to read (TLS key, policy) it
+    // gets from the supervisor on its stdin.
+    const workerArgs = args.filter((a, i) => {
+      const prev = args[i - 1];
+      return (
+        !(a.startsWith('--policy') || a.startsWith('--tls-') || a.startsWith('--service-user')) &&
+        !(
+          prev === '--policy' ||
+          prev === '--tls-cert' ||
+          prev === '--tls-key' ||
+          prev === '--service-user'
+        )
+      );
+    });
+    return runSupervised({
+      dataDir,
+      user,
+      engineOptions,
+      workerArgs,
+      secrets: {
+        ...(tls ? { tls: { cert: tls.cert.toString('utf8'), key: tls.key.toString('utf8') } } : {}),
+        ...(policyText !== undefined && v.policy !== undefined
+          ? { policy: { text: policyText, source: v.policy } }
+          : {}),
       },
     });
+  }
+  process.stderr.write(
+    isRoot
+      ? 'palisade serve: --single-process: the HTTP server runs as root (no privilege separation).\n'
+      : 'palisade serve: not started as root, so no privilege separation: one process runs the HTTP server and the sandbox engine as the current user.\n',
+  );
+  const runtime = await createSandboxRuntime({
+    dataDir: join(dataDir, 'engine'),
+    ...engineOptions,
+  });
+  return serveUntilSignal(runtime, { runtime, policyLayers, config: serverConfig });
+}
+
+async function readPolicyText(path: string): Promise<string> {
+  try {
+    if (statSync(path).size > MAX_POLICY_BYTES) {
+      throw new PalisadeError(
+        'INVALID_POLICY',
+        `${path}: policy file is larger than ${MAX_POLICY_BYTES} bytes.`,
+      );
+    }
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    if (err instanceof PalisadeError) throw err;
+    throw new PalisadeError(
+      'INVALID_POLICY',
+      `cannot read policy file ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'}; check the path and permissions`,
+    );
+  }
+}
+
+function waitForStopSignal(): Promise<string> {
+  return new Promise((resolveStop) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      resolveStop(signal);
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+}
+
+/** Starts the control plane on `runtime`, prints the key and URL, and runs until a signal. */
+async function serveUntilSignal(
+  runtime: SandboxRuntime,
+  options: Parameters<typeof startControlPlane>[0],
+  lost?: Promise<string>,
+): Promise<number> {
+  let plane;
+  try {
+    plane = await startControlPlane(options);
   } catch (err) {
     await runtime.close();
     throw err;
@@ -134,18 +250,127 @@ export async function serveCommand(args: string[]): Promise<number> {
     process.stdout.write('Store it now: it is shown only this once (only its hash is kept).\n');
   }
   process.stdout.write(`Palisade API listening on ${plane.url}\n`);
-  const started = plane;
-  await new Promise<void>((resolveStop) => {
-    let stopping = false;
-    const stop = () => {
-      if (stopping) return;
-      stopping = true;
-      resolveStop();
-    };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-  });
-  await started.close();
+  const outcome = await Promise.race([
+    waitForStopSignal(),
+    ...(lost ? [lost.then((reason) => ({ lost: reason }))] : []),
+  ]);
+  if (typeof outcome !== 'string') {
+    // The supervisor (and with it the engine) is gone: stop at once, like a crashed server; the
+    // next start reconciles the database with the engine.
+    // Exiting here (not returning) also drops the listening socket and the database handle,
+    // which would otherwise keep the process alive.
+    process.stderr.write(`palisade serve worker: supervisor lost (${outcome.lost}); exiting.\n`);
+    process.exit(1);
+  }
+  await plane.close();
   await runtime.close();
   return 0;
+}
+
+/** The unprivileged HTTP worker: started by the supervisor with --worker-socket. */
+async function runWorker(
+  socketPath: string,
+  ids: string | undefined,
+  config: ServerConfigInput,
+): Promise<number> {
+  const m = ids !== undefined ? /^(\d+):(\d+)$/.exec(ids) : null;
+  if (!m)
+    throw new PalisadeError('INVALID_ARGUMENT', '--worker-socket needs --worker-ids UID:GID.');
+  const user = { uid: Number(m[1]), gid: Number(m[2]) };
+  if (user.uid === 0) {
+    throw new PalisadeError('INVALID_ARGUMENT', 'The HTTP worker must not run as root.');
+  }
+  // The supervisor starts the worker as the service user already; if started as root anyway,
+  // drop before opening anything.
+  dropPrivileges(user);
+  const secrets = await readWorkerSecrets();
+  const runtime = await connectRemoteRuntime({ socketPath });
+  const policyLayers = secrets.policy
+    ? [parsePolicy(secrets.policy.text, secrets.policy.source, 'operator')]
+    : [];
+  return serveUntilSignal(
+    runtime,
+    {
+      runtime,
+      policyLayers,
+      egressGateway: false,
+      config: { ...config, ...(secrets.tls ? { tls: secrets.tls } : {}) },
+    },
+    runtime.disconnected,
+  );
+}
+
+/** Root: runs the engine and the supervisor socket, starts the worker, and watches it. */
+async function runSupervised(options: {
+  dataDir: string;
+  user: ServiceUser;
+  engineOptions: { uidRange?: { start: number; count: number }; cgroupPrefix?: string };
+  workerArgs: string[];
+  secrets: Parameters<typeof spawnWorker>[0]['secrets'];
+}): Promise<number> {
+  const layout = prepareSeparatedDataDir(options.dataDir, options.user);
+  const runtime = await createSandboxRuntime({
+    dataDir: layout.engineDir,
+    ...options.engineOptions,
+  });
+  let engineClosed: Promise<void> | undefined;
+  const closeEngine = () => (engineClosed ??= runtime.close().catch(() => undefined));
+  let workerGone = false;
+  let supervisor;
+  try {
+    supervisor = await startSupervisor({
+      runtime,
+      socketPath: layout.socketPath,
+      owner: { uid: options.user.uid, gid: options.user.gid },
+      onViolation: (message) =>
+        process.stderr.write(`palisade supervisor: closed the worker connection: ${message}\n`),
+    });
+  } catch (err) {
+    await closeEngine();
+    throw err;
+  }
+  const worker = spawnWorker({
+    user: options.user,
+    args: [
+      'serve',
+      ...options.workerArgs,
+      '--worker-socket',
+      layout.socketPath,
+      '--worker-ids',
+      `${options.user.uid}:${options.user.gid}`,
+    ],
+    secrets: options.secrets,
+  });
+  process.stderr.write(
+    `palisade serve: privilege separation: supervisor pid ${process.pid} (root) runs the engine; HTTP worker pid ${worker.pid ?? '?'} runs as ${options.user.name} (uid ${options.user.uid}).\n`,
+  );
+  const workerExit = new Promise<number>((resolveExit) => {
+    worker.once('exit', (code, signal) => {
+      workerGone = true;
+      resolveExit(code ?? (signal ? 1 : 0));
+    });
+    worker.once('error', () => {
+      workerGone = true;
+      resolveExit(1);
+    });
+  });
+  const outcome = await Promise.race([waitForStopSignal(), workerExit.then((code) => ({ code }))]);
+  let exitCode = 0;
+  if (typeof outcome === 'string') {
+    // Let the worker close its side first: it destroys the sandboxes through the API's shutdown.
+    if (!workerGone) worker.kill('SIGTERM');
+    const timer = setTimeout(() => {
+      if (!workerGone) worker.kill('SIGKILL');
+    }, 30_000);
+    await workerExit;
+    clearTimeout(timer);
+  } else {
+    process.stderr.write(
+      `palisade serve: the HTTP worker exited (code ${outcome.code}); destroying every sandbox and stopping.\n`,
+    );
+    exitCode = outcome.code === 0 ? 0 : 1;
+  }
+  await supervisor.close();
+  await closeEngine();
+  return exitCode;
 }

@@ -32,11 +32,13 @@ export type ErrorCode =
   | 'FILE_OPERATION_FAILED'
   | 'EDIT_NO_MATCH'
   | 'EDIT_NOT_UNIQUE'
+  | 'RANGE_NOT_SATISFIABLE'
   // host requirements (fail closed)
   | 'REQUIREMENT_MISSING'
   // policy
   | 'POLICY_DENIED'
   | 'POLICY_ASK'
+  | 'KILL_SWITCH_ACTIVE'
   // control plane (API server, auth, audit)
   | 'UNAUTHENTICATED'
   | 'FORBIDDEN'

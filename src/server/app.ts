@@ -7,6 +7,7 @@ import {
   KeyStore,
   RateLimiter,
   hasScope,
+  restrictionError,
   type Principal,
   type RateCategory,
   type Scope,
@@ -29,9 +30,19 @@ import { buildOpenApi, type RouteDoc } from './openapi.js';
 import type { PolicyLayer } from '../policy/index.js';
 import type { ExecPolicy } from './policy-hook.js';
 import { registerAdminRoutes } from './routes-admin.js';
+import { registerFileRoutes } from './routes-files.js';
 import { registerSandboxRoutes } from './routes-sandboxes.js';
 import { SandboxService } from './sandboxes.js';
 import { EgressAuditSink, SandboxNetworks } from './network.js';
+import { CircuitBreaker } from './breaker.js';
+import { KillSwitch } from './kill-switch.js';
+import { Metrics, instrumentRuntime, observeEgress, observePolicy } from './metrics.js';
+import { registerKillRoutes } from './routes-kill.js';
+import { isLoopbackPeer, registerOpsRoutes } from './routes-ops.js';
+import { registerMcpRoutes } from './routes-mcp.js';
+import { ApprovalService } from './approvals.js';
+import { registerApprovalRoutes } from './routes-approvals.js';
+import { StreamHub, attachWebSockets } from './ws.js';
 
 export const API_VERSION = '1.0.0';
 
@@ -40,11 +51,15 @@ export interface RouteAccess {
   scope: Scope | 'authenticated' | 'public';
   category: RateCategory;
   summary: string;
+  /** Also open to loopback clients without a key when the operator turned on metricsLoopback. */
+  loopbackWhenConfigured?: boolean;
 }
 
 declare module 'fastify' {
   interface FastifyRequest {
     principal: Principal | null;
+    /** The error code sendError answered with, if any (the circuit breaker counts refusals). */
+    errorCode: string | null;
   }
   interface FastifyContextConfig {
     access?: RouteAccess;
@@ -91,6 +106,13 @@ export interface App {
   readonly authThrottle: FailedAuthThrottle;
   /** The egress gateway and its audit bridge, when configured. The owner closes the gateway. */
   readonly egress: AppEgress | undefined;
+  readonly kills: KillSwitch;
+  readonly breaker: CircuitBreaker;
+  readonly metrics: Metrics;
+  /** Pending human approvals (policy "ask"). */
+  readonly approvals: ApprovalService;
+  /** WebSocket stream connections at /v1/ws. */
+  readonly streams: StreamHub;
 }
 
 function requestId(): string {
@@ -109,6 +131,7 @@ export function sendError(
   err: unknown,
 ): FastifyReply {
   const { status, body } = toErrorResponse(err, request.id);
+  request.errorCode = body.code;
   if (status >= 500) request.log.error({ err }, 'request failed');
   if (
     status === 429 &&
@@ -164,6 +187,26 @@ export function buildApp(deps: AppDeps): App {
 
   const keys = new KeyStore(store.db);
   const audit = new AuditLog(store.db);
+  const metrics = new Metrics();
+  const kills = new KillSwitch({ db: store.db, audit });
+  // onTrip runs only for refusals, after `sandboxes` is initialised.
+  const breaker: CircuitBreaker = new CircuitBreaker({
+    threshold: config.breakerThreshold,
+    windowMs: config.breakerWindowMs,
+    onTrip: (sandboxId, refusals, windowMs) => {
+      const reason = `circuit breaker: ${refusals} denials in ${Math.round(windowMs / 1000)} s; needs a human`;
+      void sandboxes
+        .freeze(sandboxId, reason)
+        .then((frozen) => {
+          if (!frozen) return;
+          metrics.breakerTrips.inc('trip');
+          fastify.log.warn({ sandboxId, refusals }, 'circuit breaker froze a sandbox');
+        })
+        .catch((err: unknown) =>
+          fastify.log.error({ err, sandboxId }, 'circuit breaker could not freeze a sandbox'),
+        );
+    },
+  });
   let egress: AppEgress | undefined;
   if (deps.egress) {
     const auditSink = new EgressAuditSink({
@@ -184,7 +227,7 @@ export function buildApp(deps: AppDeps): App {
     });
     const gateway = createEgressGateway({
       socketDir: deps.egress.socketDir,
-      sink: auditSink,
+      sink: observeEgress(auditSink, metrics, (id) => breaker.record(id, 'egress')),
       ...(deps.egress.resolver ? { resolver: deps.egress.resolver } : {}),
       ...(deps.egress.limits ? { limits: deps.egress.limits } : {}),
       ...(deps.egress.connectGuard ? { connectGuard: deps.egress.connectGuard } : {}),
@@ -196,11 +239,18 @@ export function buildApp(deps: AppDeps): App {
     });
     egress = { gateway, networks, auditSink };
   }
+  const approvals = new ApprovalService({ audit, config: config.approvals });
+  const streams = new StreamHub(config.ws);
   const execs = new ExecService({
-    runtime,
+    runtime: instrumentRuntime(runtime, metrics),
     audit,
     config: config.exec,
-    policyFor: (sandboxId) => sandboxes.policyFor(sandboxId),
+    approvals,
+    onEvent: (event) => streams.publishExec(event),
+    policyFor: (sandboxId) => {
+      const policy = sandboxes.policyFor(sandboxId);
+      return policy ? observePolicy(policy, metrics) : undefined;
+    },
   });
   // policyFor runs only for requests, after `sandboxes` is initialised.
   const sandboxes: SandboxService = new SandboxService({
@@ -211,6 +261,7 @@ export function buildApp(deps: AppDeps): App {
     db: store.db,
     audit,
     execs,
+    guard: kills,
     quotas: config.quotas,
     defaultTimeoutMs: config.defaultSandboxTimeoutMs,
     maxTimeoutMs: config.maxSandboxTimeoutMs,
@@ -226,6 +277,7 @@ export function buildApp(deps: AppDeps): App {
 
   fastify.server.maxConnections = config.maxConnections;
   fastify.decorateRequest('principal', null);
+  fastify.decorateRequest('errorCode', null);
   fastify.removeContentTypeParser('text/plain');
 
   fastify.addHook('onRoute', (route) => {
@@ -248,21 +300,34 @@ export function buildApp(deps: AppDeps): App {
     if (corsAllowed) {
       void reply.header('access-control-allow-origin', origin);
       void reply.header('vary', 'Origin');
-      void reply.header('access-control-expose-headers', 'X-Request-ID, Retry-After');
+      void reply.header(
+        'access-control-expose-headers',
+        'X-Request-ID, Retry-After, Content-Range, Content-Disposition, Accept-Ranges',
+      );
     }
     if (request.method === 'OPTIONS') {
       if (corsAllowed) {
         void reply.header('access-control-allow-methods', 'GET, POST, PUT, DELETE, OPTIONS');
-        void reply.header('access-control-allow-headers', 'Authorization, Content-Type, Accept');
+        void reply.header(
+          'access-control-allow-headers',
+          'Authorization, Content-Type, Accept, Range',
+        );
         void reply.header('access-control-max-age', '600');
       }
       return reply.code(204).send();
     }
     const access = request.routeOptions.config.access;
     if (!access || access.scope === 'public') return;
+    if (
+      access.loopbackWhenConfigured &&
+      config.metricsLoopback &&
+      isLoopbackPeer(request.socket.remoteAddress)
+    )
+      return;
     const client = request.ip;
     const wait = authThrottle.retryAfterSeconds(client);
     if (wait > 0) {
+      metrics.rateLimitHits.inc('auth_throttle');
       return sendError(
         request,
         reply,
@@ -291,6 +356,7 @@ export function buildApp(deps: AppDeps): App {
     }
     const decision = limiter.take(principal.keyId, access.category);
     if (!decision.allowed) {
+      metrics.rateLimitHits.inc(access.category);
       return sendError(
         request,
         reply,
@@ -314,6 +380,13 @@ export function buildApp(deps: AppDeps): App {
         ),
       );
     }
+    const restricted = restrictionError(
+      principal,
+      request.method,
+      request.routeOptions.url ?? '',
+      request.params,
+    );
+    if (restricted) return sendError(request, reply, restricted);
     request.principal = principal;
   });
 
@@ -322,6 +395,23 @@ export function buildApp(deps: AppDeps): App {
     for (const [name, value] of Object.entries(headers))
       if (!reply.hasHeader(name)) void reply.header(name, value);
     if (!reply.hasHeader('x-request-id')) void reply.header('x-request-id', request.id);
+    return payload;
+  });
+
+  // Every policy refusal of a sandbox action (exec, streamed exec, file action) is answered
+  // through sendError before anything runs; each one counts towards the circuit breaker.
+  fastify.addHook('onSend', async (request, _reply, payload) => {
+    if (request.errorCode !== 'POLICY_DENIED') return payload;
+    const id = (request.params as { id?: unknown } | undefined)?.id;
+    if (
+      typeof id !== 'string' ||
+      !(request.routeOptions.url ?? '').startsWith('/v1/sandboxes/:id/')
+    )
+      return payload;
+    // Exec decisions are counted where the exec service asks the policy; file actions here.
+    if ((request.routeOptions.url ?? '').startsWith('/v1/sandboxes/:id/files'))
+      metrics.policyDecisions.inc('deny');
+    breaker.record(id, 'policy');
     return payload;
   });
 
@@ -355,8 +445,50 @@ export function buildApp(deps: AppDeps): App {
     async () => ({ ok: true }),
   );
 
-  const app: App = { fastify, keys, audit, sandboxes, execs, limiter, authThrottle, egress };
+  const app: App = {
+    fastify,
+    keys,
+    audit,
+    sandboxes,
+    execs,
+    limiter,
+    authThrottle,
+    egress,
+    kills,
+    breaker,
+    metrics,
+    approvals,
+    streams,
+  };
   registerAdminRoutes(app);
   registerSandboxRoutes(app, config);
+  registerFileRoutes(app, config, runtime);
+  registerKillRoutes(app, kills);
+  registerOpsRoutes(app, { db: store.db, runtime, kills, metrics });
+  registerMcpRoutes(app);
+  registerApprovalRoutes(app, approvals, streams);
+  const detachWebSockets = attachWebSockets({
+    server: fastify.server,
+    hub: streams,
+    keys,
+    limiter,
+    authThrottle,
+    audit,
+    runtime,
+    approvals,
+    corsOrigins,
+    tls: Boolean(config.tls),
+    assertSandbox: async (principal, sandboxId) => {
+      await sandboxes.get(principal, sandboxId);
+    },
+    clientOf: (req) => req.socket.remoteAddress ?? 'unknown',
+    log: fastify.log,
+  });
+  // Upgraded sockets and waiting execs would keep the server from closing.
+  fastify.addHook('preClose', async () => {
+    detachWebSockets();
+    streams.terminateAll();
+    approvals.close();
+  });
   return app;
 }

@@ -1,6 +1,8 @@
 import { isIP } from 'node:net';
 import { PalisadeError } from '../errors/index.js';
 import type { AuthThrottleOptions, RateLimitConfig } from '../auth/index.js';
+import { DEFAULT_APPROVALS_CONFIG, type ApprovalsConfig } from './approvals.js';
+import { DEFAULT_WS_CONFIG, type WsConfig } from './ws.js';
 
 export interface TlsConfig {
   /** PEM certificate chain. */
@@ -31,6 +33,20 @@ export interface ExecConfig {
   maxLogBytesPerExec: number;
 }
 
+/** Bounds of the files API (`src/server/routes-files.ts`). */
+export interface FilesConfig {
+  /** Largest download: a whole file, or one Range. More is 413 FILE_TOO_LARGE. @default 64 MiB */
+  maxReadBytes: number;
+  /** Largest upload (PUT body). More is 413 FILE_TOO_LARGE. @default 64 MiB */
+  maxWriteBytes: number;
+  /** Largest file an edit may rewrite (and largest oldText/newText). @default 16 MiB */
+  maxEditBytes: number;
+  /** Most entries one list returns (then `truncated`). At most 50 000. @default 10 000 */
+  maxListEntries: number;
+  /** Most matches one search may return (the caller may ask for fewer). At most 100 000. @default 10 000 */
+  maxSearchResults: number;
+}
+
 export interface ServerConfig {
   /** @default 127.0.0.1 */
   host: string;
@@ -50,6 +66,11 @@ export interface ServerConfig {
   authThrottle: AuthThrottleOptions;
   quotas: QuotaConfig;
   exec: ExecConfig;
+  files: FilesConfig;
+  /** Human approvals for policy "ask" (`src/server/approvals.ts`). */
+  approvals: ApprovalsConfig;
+  /** WebSocket streams at /v1/ws (`src/server/ws.ts`). */
+  ws: WsConfig;
   /** Sandbox lifetime when the caller gives none, and the maximum. @default 1 h / 7 days */
   defaultSandboxTimeoutMs: number;
   maxSandboxTimeoutMs: number;
@@ -57,6 +78,18 @@ export interface ServerConfig {
   retentionMs: number;
   /** How often expiry and retention are checked. @default 1 s */
   reaperIntervalMs: number;
+  /**
+   * Circuit breaker: a sandbox refused (policy denials plus egress refusals) more than this many
+   * times within `breakerWindowMs` is frozen and flagged for a human. @default 20
+   */
+  breakerThreshold: number;
+  /** @default 60 000 ms */
+  breakerWindowMs: number;
+  /**
+   * Let clients connecting from loopback read /metrics without a key. Off by default: any local
+   * user or process could otherwise read them. @default false
+   */
+  metricsLoopback: boolean;
   /** pino level; 'silent' disables logs. @default info */
   logLevel: string;
   /** Where logs go. @default stderr (stdout is kept for the admin key line) */
@@ -82,17 +115,34 @@ export const DEFAULT_CONFIG: Omit<ServerConfig, 'dataDir'> = {
     maxRunningPerSandbox: 16,
     maxLogBytesPerExec: 1024 * 1024,
   },
+  files: {
+    maxReadBytes: 64 * 1024 * 1024,
+    maxWriteBytes: 64 * 1024 * 1024,
+    maxEditBytes: 16 * 1024 * 1024,
+    maxListEntries: 10_000,
+    maxSearchResults: 10_000,
+  },
+  approvals: DEFAULT_APPROVALS_CONFIG,
+  ws: DEFAULT_WS_CONFIG,
   defaultSandboxTimeoutMs: 3_600_000,
   maxSandboxTimeoutMs: 7 * 24 * 3_600_000,
   retentionMs: 7 * 24 * 3_600_000,
   reaperIntervalMs: 1000,
+  breakerThreshold: 20,
+  breakerWindowMs: 60_000,
+  metricsLoopback: false,
   logLevel: 'info',
 };
 
-export type ServerConfigInput = Partial<Omit<ServerConfig, 'quotas' | 'exec'>> & {
+export type ServerConfigInput = Partial<
+  Omit<ServerConfig, 'quotas' | 'exec' | 'files' | 'approvals' | 'ws'>
+> & {
+  approvals?: Partial<ApprovalsConfig>;
+  ws?: Partial<WsConfig>;
   dataDir: string;
   quotas?: Partial<QuotaConfig>;
   exec?: Partial<ExecConfig>;
+  files?: Partial<FilesConfig>;
 };
 
 export function isLoopbackHost(host: string): boolean {
@@ -110,7 +160,18 @@ export function resolveConfig(input: ServerConfigInput): ServerConfig {
     ...input,
     quotas: { ...DEFAULT_CONFIG.quotas, ...input.quotas },
     exec: { ...DEFAULT_CONFIG.exec, ...input.exec },
+    files: { ...DEFAULT_CONFIG.files, ...input.files },
+    approvals: { ...DEFAULT_CONFIG.approvals, ...input.approvals },
+    ws: { ...DEFAULT_CONFIG.ws, ...input.ws },
   };
+  for (const [name, value] of [
+    ...Object.entries(config.approvals).map(([k, v]) => [`approvals.${k}`, v] as const),
+    ...Object.entries(config.ws).map(([k, v]) => [`ws.${k}`, v] as const),
+  ]) {
+    if (!Number.isSafeInteger(value) || value < 1) {
+      throw new PalisadeError('INVALID_ARGUMENT', `${name} must be a positive whole number.`);
+    }
+  }
   if (!isLoopbackHost(config.host) && !config.tls && !config.behindTlsProxy) {
     throw new PalisadeError(
       'INVALID_ARGUMENT',
@@ -132,11 +193,39 @@ export function resolveConfig(input: ServerConfigInput): ServerConfig {
   if (!Number.isInteger(config.port) || config.port < 0 || config.port > 65535) {
     throw new PalisadeError('INVALID_ARGUMENT', `Invalid port ${config.port}: use 0-65535.`);
   }
+  if (!Number.isSafeInteger(config.breakerThreshold) || config.breakerThreshold < 1) {
+    throw new PalisadeError(
+      'INVALID_ARGUMENT',
+      'breakerThreshold must be a positive integer (refusals per window before a sandbox is frozen).',
+    );
+  }
+  if (!Number.isSafeInteger(config.breakerWindowMs) || config.breakerWindowMs < 1000) {
+    throw new PalisadeError(
+      'INVALID_ARGUMENT',
+      'breakerWindowMs must be an integer of at least 1000.',
+    );
+  }
   if (!Number.isInteger(config.bodyLimitBytes) || config.bodyLimitBytes < 1024) {
     throw new PalisadeError(
       'INVALID_ARGUMENT',
       'The body limit must be an integer of at least 1024 bytes.',
     );
+  }
+  const fileBounds: Array<[keyof FilesConfig, number]> = [
+    ['maxReadBytes', Number.MAX_SAFE_INTEGER],
+    ['maxWriteBytes', Number.MAX_SAFE_INTEGER],
+    ['maxEditBytes', Number.MAX_SAFE_INTEGER],
+    ['maxListEntries', 50_000],
+    ['maxSearchResults', 100_000],
+  ];
+  for (const [name, max] of fileBounds) {
+    const value = config.files[name];
+    if (!Number.isInteger(value) || value < 1 || value > max) {
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `files.${name} must be a whole number between 1 and ${max}.`,
+      );
+    }
   }
   return config;
 }

@@ -4,6 +4,7 @@ import { PalisadeError } from '../errors/index.js';
 import type { ExecHandle, ExecRequest, ExecResult, SandboxRuntime } from '../sandbox/types.js';
 import { ChunkLog, type LogRead, type StreamName } from './chunk-log.js';
 import type { ExecConfig } from './config.js';
+import { outcomeError, type ApprovalService } from './approvals.js';
 import { argvToShell, type ExecPolicy } from './policy-hook.js';
 import { validateEnvSyntax } from './validate.js';
 
@@ -27,7 +28,15 @@ export interface Caller {
 export interface ExecView {
   id: string;
   sandboxId: string;
-  status: 'running' | 'exited';
+  /**
+   * `pending`: waiting for a human approval (see `approvalId`); `denied`/`cancelled`: the
+   * approval was denied, expired or cancelled and the command never ran.
+   */
+  status: 'pending' | 'running' | 'exited' | 'denied' | 'cancelled';
+  /** The approval this exec waited for, if the policy asked. */
+  approvalId: string | null;
+  /** Why a pending exec did not run (denial reason, expiry, cancellation). */
+  notRunReason: string | null;
   command: string;
   startedAt: string;
   endedAt: string | null;
@@ -50,8 +59,42 @@ interface ExecRecord {
   endedAt: Date | null;
   result: Omit<ExecResult, 'stdout' | 'stderr'> | null;
   log: ChunkLog;
-  handle: ExecHandle;
+  /** Null while waiting for approval, and forever if the approval was not granted. */
+  handle: ExecHandle | null;
+  approvalId: string | null;
+  notRun: { status: 'denied' | 'cancelled'; reason: string } | null;
 }
+
+/** What subscribers (WebSocket streams) see of every exec the API runs. */
+export type ExecEvent =
+  | { type: 'exec.start'; tenant: string; sandboxId: string; execId: string; background: boolean }
+  | {
+      type: 'exec.output';
+      tenant: string;
+      sandboxId: string;
+      execId: string;
+      stream: StreamName;
+      data: Buffer;
+    }
+  | {
+      type: 'exec.exit';
+      tenant: string;
+      sandboxId: string;
+      execId: string;
+      exitCode: number | null;
+      signal: string | null;
+      timedOut: boolean;
+      interrupted: boolean;
+      durationMs: number;
+    }
+  | {
+      type: 'exec.not_run';
+      tenant: string;
+      sandboxId: string;
+      execId: string;
+      code: string;
+      message: string;
+    };
 
 /** Finished background records older than this are forgotten (the audit log keeps the facts). */
 const FINISHED_TTL_MS = 3_600_000;
@@ -66,6 +109,8 @@ export function newExecId(): string {
 
 export interface StreamCallbacks {
   onStart?: (execId: string) => void;
+  /** Called once the exec waits for a human approval (policy "ask"). */
+  onApprovalPending?: (approvalId: string) => void;
   onChunk?: (stream: StreamName, data: Buffer) => void;
   signal?: AbortSignal;
 }
@@ -82,6 +127,10 @@ export class ExecService {
   readonly #config: ExecConfig;
   readonly #policyFor: (sandboxId: string) => ExecPolicy | undefined;
   readonly #records = new Map<string, ExecRecord>();
+  /** Cancels the approval wait of pending background execs. */
+  readonly #cancels = new Map<string, AbortController>();
+  readonly #approvals: ApprovalService | undefined;
+  readonly #onEvent: (event: ExecEvent) => void;
 
   constructor(options: {
     runtime: SandboxRuntime;
@@ -89,11 +138,57 @@ export class ExecService {
     config: ExecConfig;
     /** The policy that applies to a sandbox (operator layers plus its own), if any. */
     policyFor?: (sandboxId: string) => ExecPolicy | undefined;
+    /** Human approvals for "ask"; without it, ask fails closed with 403 POLICY_ASK. */
+    approvals?: ApprovalService;
+    /** Sees every exec's start, output and exit (must not throw or block). */
+    onEvent?: (event: ExecEvent) => void;
   }) {
     this.#runtime = options.runtime;
     this.#audit = options.audit;
     this.#config = options.config;
     this.#policyFor = options.policyFor ?? (() => undefined);
+    this.#approvals = options.approvals;
+    this.#onEvent = options.onEvent ?? (() => undefined);
+  }
+
+  #emit(event: ExecEvent): void {
+    try {
+      this.#onEvent(event);
+    } catch {
+      // Streaming is best effort; the exec and its audit trail do not depend on it.
+    }
+  }
+
+  /**
+   * Waits for a human decision; resolves if approved, throws the denial (403 POLICY_DENIED with
+   * the reason, also for expiry) or cancellation otherwise.
+   */
+  async #awaitApproval(
+    caller: Caller,
+    sandboxId: string,
+    execId: string,
+    text: string,
+    cwd: string | undefined,
+    policyReason: string,
+    signal: AbortSignal | undefined,
+    onPending?: (approvalId: string) => void,
+  ): Promise<void> {
+    const approvals = this.#approvals!;
+    const { view, outcome } = await approvals.request({
+      tenant: caller.tenant,
+      sandboxId,
+      execId,
+      keyId: caller.keyId,
+      command: text,
+      ...(cwd !== undefined ? { cwd } : {}),
+      policyReason,
+      ...(signal ? { signal } : {}),
+    });
+    onPending?.(view.id);
+    const result = await outcome;
+    if (result.status !== 'approved') {
+      throw outcomeError(view.id, result, approvals.config.timeoutMs);
+    }
   }
 
   get recordCount(): number {
@@ -105,7 +200,7 @@ export class ExecService {
     caller: Caller,
     sandboxId: string,
     body: ExecBody,
-  ): Promise<{ request: ExecRequest; text: string }> {
+  ): Promise<{ request: ExecRequest; text: string; ask: string | null }> {
     const hasArgv = body.argv !== undefined;
     const hasCommand = body.command !== undefined;
     if (hasArgv === hasCommand) {
@@ -126,6 +221,7 @@ export class ExecService {
     const env = validateEnvSyntax(body.env, 'env');
     const text = hasArgv ? argvToShell(body.argv!) : body.command!;
     const policy = this.#policyFor(sandboxId);
+    let ask: string | null = null;
     if (policy) {
       const decision = await policy.decide({
         tool: 'Bash',
@@ -149,7 +245,8 @@ export class ExecService {
           },
         );
       }
-      if (decision.decision === 'ask') {
+      if (decision.decision === 'ask' && this.#approvals) ask = decision.reason;
+      else if (decision.decision === 'ask') {
         throw new PalisadeError(
           'POLICY_ASK',
           `The permission policy requires human approval for this command (${decision.reason}); approvals are not available in this version, so it was not run.`,
@@ -173,7 +270,7 @@ export class ExecService {
       timeoutMs,
       maxOutputBytes,
     };
-    return { request, text };
+    return { request, text, ask };
   }
 
   async #auditStart(
@@ -229,17 +326,36 @@ export class ExecService {
     body: ExecBody,
     callbacks: StreamCallbacks = {},
   ) {
-    const { request, text } = await this.#prepare(caller, sandboxId, body);
+    const { request, text, ask } = await this.#prepare(caller, sandboxId, body);
     const execId = newExecId();
+    if (ask !== null) {
+      await this.#awaitApproval(
+        caller,
+        sandboxId,
+        execId,
+        text,
+        body.cwd,
+        ask,
+        callbacks.signal,
+        callbacks.onApprovalPending,
+      );
+    }
     const cap = request.maxOutputBytes!;
     const sent = { stdout: 0, stderr: 0 };
     const forward = (stream: StreamName) => (chunk: Buffer) => {
-      if (!callbacks.onChunk) return;
       const room = cap - sent[stream];
       if (room <= 0) return;
       const part = chunk.length > room ? chunk.subarray(0, room) : chunk;
       sent[stream] += part.length;
-      callbacks.onChunk(stream, part);
+      this.#emit({
+        type: 'exec.output',
+        tenant: caller.tenant,
+        sandboxId,
+        execId,
+        stream,
+        data: part,
+      });
+      callbacks.onChunk?.(stream, part);
     };
     await this.#auditStart(caller, sandboxId, execId, text, body, false);
     let handle: ExecHandle;
@@ -260,8 +376,16 @@ export class ExecService {
       });
       throw err;
     }
+    this.#emit({
+      type: 'exec.start',
+      tenant: caller.tenant,
+      sandboxId,
+      execId,
+      background: false,
+    });
     callbacks.onStart?.(execId);
     const result = await handle.done;
+    this.#emitExit(caller.tenant, sandboxId, execId, result);
     await this.#auditEnd(caller, sandboxId, execId, result);
     return { execId, result };
   }
@@ -277,17 +401,9 @@ export class ExecService {
       );
     }
     this.#makeRoom();
-    const { request, text } = await this.#prepare(caller, sandboxId, body);
+    const { request, text, ask } = await this.#prepare(caller, sandboxId, body);
     const execId = newExecId();
     const log = new ChunkLog(this.#config.maxLogBytesPerExec);
-    await this.#auditStart(caller, sandboxId, execId, text, body, true);
-    const handle = await this.#runtime.exec(sandboxId, {
-      ...request,
-      // The log keeps the output; the engine's copy would only duplicate it in memory.
-      maxOutputBytes: Math.min(request.maxOutputBytes!, this.#config.maxLogBytesPerExec),
-      onStdout: (chunk) => log.push('stdout', chunk),
-      onStderr: (chunk) => log.push('stderr', chunk),
-    });
     const record: ExecRecord = {
       id: execId,
       sandboxId,
@@ -297,21 +413,126 @@ export class ExecService {
       endedAt: null,
       result: null,
       log,
-      handle,
+      handle: null,
+      approvalId: null,
+      notRun: null,
     };
+    const start = async () => {
+      await this.#auditStart(caller, sandboxId, execId, text, body, true);
+      record.handle = await this.#runtime.exec(sandboxId, {
+        ...request,
+        // The log keeps the output; the engine's copy would only duplicate it in memory.
+        maxOutputBytes: Math.min(request.maxOutputBytes!, this.#config.maxLogBytesPerExec),
+        onStdout: (chunk) => {
+          log.push('stdout', chunk);
+          this.#emit({
+            type: 'exec.output',
+            tenant: caller.tenant,
+            sandboxId,
+            execId,
+            stream: 'stdout',
+            data: chunk,
+          });
+        },
+        onStderr: (chunk) => {
+          log.push('stderr', chunk);
+          this.#emit({
+            type: 'exec.output',
+            tenant: caller.tenant,
+            sandboxId,
+            execId,
+            stream: 'stderr',
+            data: chunk,
+          });
+        },
+      });
+      record.startedAt = new Date();
+      this.#emit({
+        type: 'exec.start',
+        tenant: caller.tenant,
+        sandboxId,
+        execId,
+        background: true,
+      });
+      void record.handle.done.then(
+        async (result) => {
+          const { stdout: _o, stderr: _e, ...meta } = result;
+          record.result = meta;
+          record.endedAt = new Date();
+          this.#emitExit(caller.tenant, sandboxId, execId, meta);
+          await this.#auditEnd(caller, sandboxId, execId, meta).catch(() => undefined);
+        },
+        () => {
+          record.endedAt = new Date();
+        },
+      );
+    };
+    if (ask === null) {
+      await start();
+      this.#records.set(execId, record);
+      return toView(record);
+    }
+    // The exec is recorded as pending now and starts only once a human approves it.
+    const approvals = this.#approvals!;
+    const cancel = new AbortController();
+    const { view, outcome } = await approvals.request({
+      tenant: caller.tenant,
+      sandboxId,
+      execId,
+      keyId: caller.keyId,
+      command: text,
+      ...(body.cwd !== undefined ? { cwd: body.cwd } : {}),
+      policyReason: ask,
+      signal: cancel.signal,
+    });
+    record.approvalId = view.id;
+    this.#cancels.set(execId, cancel);
     this.#records.set(execId, record);
-    void handle.done.then(
-      async (result) => {
-        const { stdout: _o, stderr: _e, ...meta } = result;
-        record.result = meta;
+    void outcome
+      .then(async (result) => {
+        if (result.status !== 'approved') {
+          throw outcomeError(view.id, result, approvals.config.timeoutMs);
+        }
+        await start();
+      })
+      .catch((err: unknown) => {
+        const code = (err as { code?: string }).code ?? 'INTERNAL';
+        const message = err instanceof Error ? err.message : 'failed';
         record.endedAt = new Date();
-        await this.#auditEnd(caller, sandboxId, execId, meta).catch(() => undefined);
-      },
-      () => {
-        record.endedAt = new Date();
-      },
-    );
+        record.notRun = {
+          status: code === 'POLICY_DENIED' ? 'denied' : 'cancelled',
+          reason: message,
+        };
+        this.#emit({
+          type: 'exec.not_run',
+          tenant: caller.tenant,
+          sandboxId,
+          execId,
+          code,
+          message,
+        });
+      })
+      .finally(() => this.#cancels.delete(execId));
     return toView(record);
+  }
+
+  #emitExit(
+    tenant: string,
+    sandboxId: string,
+    execId: string,
+    r: Omit<ExecResult, 'stdout' | 'stderr'>,
+  ): void {
+    this.#emit({
+      type: 'exec.exit',
+      tenant,
+      sandboxId,
+      execId,
+      exitCode: r.exitCode,
+      signal: r.signal,
+      timedOut: r.timedOut,
+      interrupted: r.interrupted,
+      durationMs: r.durationMs,
+    });
   }
 
   /** Evicts the oldest finished record when full; refuses if every record is still running. */
@@ -364,7 +585,8 @@ export class ExecService {
 
   interrupt(tenant: string, sandboxId: string, execId: string): ExecView {
     const r = this.#find(tenant, sandboxId, execId);
-    if (r.endedAt === null) r.handle.interrupt();
+    if (r.endedAt === null && r.handle) r.handle.interrupt();
+    else if (r.endedAt === null) this.#cancels.get(execId)?.abort();
     return toView(r);
   }
 
@@ -372,9 +594,11 @@ export class ExecService {
   forgetSandbox(sandboxId: string): void {
     for (const [id, r] of this.#records) {
       if (r.sandboxId !== sandboxId) continue;
-      if (r.endedAt === null) void r.handle.kill().catch(() => undefined);
+      if (r.endedAt === null && r.handle) void r.handle.kill().catch(() => undefined);
       this.#records.delete(id);
     }
+    // Waiting foreground and background execs of this sandbox can never run now.
+    this.#approvals?.cancelSandbox(sandboxId, 'the sandbox ended');
   }
 
   /** Drops finished records past their time to live. */
@@ -390,7 +614,15 @@ function toView(r: ExecRecord): ExecView {
   return {
     id: r.id,
     sandboxId: r.sandboxId,
-    status: r.endedAt === null ? 'running' : 'exited',
+    status: r.notRun
+      ? r.notRun.status
+      : r.endedAt === null
+        ? r.handle
+          ? 'running'
+          : 'pending'
+        : 'exited',
+    approvalId: r.approvalId,
+    notRunReason: r.notRun?.reason ?? null,
     command: r.command,
     startedAt: r.startedAt.toISOString(),
     endedAt: r.endedAt ? r.endedAt.toISOString() : null,

@@ -59,6 +59,22 @@ export function buildOpenApi(
         content: { 'application/json': { schema: route.schema.body } },
       };
     }
+    // Raw-bytes routes (the files API) declare their media types instead of a JSON schema.
+    const binary = { type: 'string', format: 'binary' };
+    const consumes = route.schema.consumes as string[] | undefined;
+    if (!route.schema.body && consumes) {
+      op.requestBody = {
+        required: true,
+        content: Object.fromEntries(consumes.map((type) => [type, { schema: binary }])),
+      };
+    }
+    const produces = route.schema.produces as string[] | undefined;
+    if (produces) {
+      (op.responses as Record<string, unknown>)['2XX'] = {
+        description: 'Success',
+        content: Object.fromEntries(produces.map((type) => [type, { schema: binary }])),
+      };
+    }
     (paths[path] ??= {})[route.method.toLowerCase()] = op;
   }
   return {

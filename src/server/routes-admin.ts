@@ -1,5 +1,5 @@
 import { PalisadeError } from '../errors/index.js';
-import { hasScope, isValidKeyId, SCOPES, type Scope } from '../auth/index.js';
+import { hasScope, isValidKeyId, MCP_TOOLS, SCOPES, type Scope } from '../auth/index.js';
 import { principalOf, type App } from './app.js';
 
 const ISO_TIME = '^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d{1,3})?Z$';
@@ -25,7 +25,13 @@ export function registerAdminRoutes(app: App): void {
     },
     async (request) => {
       const p = principalOf(request);
-      return { keyId: p.keyId, tenant: p.tenant, scopes: p.scopes };
+      return {
+        keyId: p.keyId,
+        tenant: p.tenant,
+        scopes: p.scopes,
+        sandboxId: p.sandboxId ?? null,
+        tools: p.tools ?? null,
+      };
     },
   );
 
@@ -51,6 +57,13 @@ export function registerAdminRoutes(app: App): void {
               items: { type: 'string', enum: [...SCOPES] },
             },
             expiresAt: { type: 'string', pattern: ISO_TIME },
+            sandboxId: { type: 'string', pattern: SANDBOX_ID },
+            tools: {
+              type: 'array',
+              minItems: 1,
+              maxItems: MCP_TOOLS.length,
+              items: { type: 'string', enum: [...MCP_TOOLS] },
+            },
           },
         },
       },
@@ -62,6 +75,8 @@ export function registerAdminRoutes(app: App): void {
         tenant?: string;
         scopes: Scope[];
         expiresAt?: string;
+        sandboxId?: string;
+        tools?: string[];
       };
       const expiresAt = body.expiresAt !== undefined ? new Date(body.expiresAt) : null;
       if (expiresAt && Number.isNaN(expiresAt.getTime())) {
@@ -75,6 +90,8 @@ export function registerAdminRoutes(app: App): void {
         name: body.name,
         scopes: body.scopes,
         expiresAt,
+        ...(body.sandboxId !== undefined ? { sandboxId: body.sandboxId } : {}),
+        ...(body.tools !== undefined ? { tools: body.tools } : {}),
       });
       await audit.append({
         type: 'key.create',
@@ -85,6 +102,8 @@ export function registerAdminRoutes(app: App): void {
           name: created.info.name,
           scopes: created.info.scopes,
           expiresAt: created.info.expiresAt,
+          sandboxId: created.info.sandboxId,
+          tools: created.info.tools,
         },
       });
       return reply.code(201).send({ key: created.key, ...created.info });

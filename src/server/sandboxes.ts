@@ -55,6 +55,16 @@ export interface SandboxView {
   expiresAt: string | null;
   endedAt: string | null;
   policy: Record<string, unknown> | null;
+  /** Frozen by the circuit breaker; only an admin's resume clears it. */
+  flagged: boolean;
+}
+
+/** Refuses creates and execs an active kill switch covers (see kill-switch.ts). */
+export interface SandboxGuard {
+  assertAllowed(
+    target: { id?: string; tenant: string; labels: Record<string, string> },
+    action: 'create' | 'exec',
+  ): Promise<void>;
 }
 
 export interface ListFilter {
@@ -97,6 +107,7 @@ export class SandboxService {
   readonly #policies = new Map<string, ExecPolicy>();
   /** The egress gateway's per-sandbox side; undefined when the server runs without a gateway. */
   readonly #networks: SandboxNetworks | undefined;
+  readonly #guard: SandboxGuard | undefined;
   #writes: Promise<unknown> = Promise.resolve();
   /** Network rule changes, one at a time, so the stored rules always match the enforced ones. */
   #networkUpdates: Promise<unknown> = Promise.resolve();
@@ -112,7 +123,9 @@ export class SandboxService {
     policyLayers?: PolicyLayer[];
     basePolicy?: ExecPolicy;
     networks?: SandboxNetworks;
+    guard?: SandboxGuard;
   }) {
+    this.#guard = options.guard;
     this.#networks = options.networks;
     this.#policyLayers = options.policyLayers ?? [];
     this.#basePolicy = options.basePolicy;
@@ -213,6 +226,7 @@ export class SandboxService {
         policy = await createPolicyEngine({ layers: [...this.#policyLayers, permissionsOnly] });
       }
     }
+    await this.#guard?.assertAllowed({ tenant: caller.tenant, labels }, 'create');
     const memory = body.limits?.memoryBytes ?? DEFAULT_MEMORY_BYTES;
     await this.#reserve(caller.tenant, memory);
     try {
@@ -249,6 +263,7 @@ export class SandboxService {
         expires_at: new Date(now.getTime() + timeoutMs).toISOString(),
         ended_at: null,
         policy: body.policy !== undefined ? JSON.stringify(body.policy) : null,
+        flagged: 0,
       };
       if (policy) this.#policies.set(info.id, policy);
       await this.#db.insertInto('sandboxes').values(row).execute();
@@ -265,6 +280,14 @@ export class SandboxService {
           policy: body.policy ?? null,
         },
       });
+      // A kill engaged while this create was in flight did not see the row: apply it now.
+      try {
+        await this.#guard?.assertAllowed({ id: info.id, tenant: caller.tenant, labels }, 'create');
+      } catch (err) {
+        const killId = (err as { details?: { killId?: unknown } }).details?.killId;
+        await this.#destroy(row, `killed by kill switch ${String(killId)}`, 'system');
+        throw err;
+      }
       return toView(row);
     } finally {
       this.#release(caller.tenant, memory);
@@ -324,6 +347,10 @@ export class SandboxService {
   /** Throws unless the sandbox belongs to the caller's tenant and is running. */
   async assertRunning(caller: Caller, id: string): Promise<void> {
     const row = await this.#row(caller.tenant, id);
+    await this.#guard?.assertAllowed(
+      { id, tenant: row.tenant, labels: JSON.parse(row.labels) as Record<string, string> },
+      'exec',
+    );
     const state = this.#runtime.get(id)?.state ?? row.state;
     if (state !== 'running') {
       throw new PalisadeError(
@@ -423,8 +450,24 @@ export class SandboxService {
     return this.#transition(caller, id, 'pause');
   }
 
-  async resume(caller: Caller, id: string): Promise<SandboxView> {
-    return this.#transition(caller, id, 'resume');
+  /**
+   * Resumes a paused sandbox. One the circuit breaker froze (flagged) needs an admin key, which
+   * may resume it in any tenant; that clears the flag.
+   */
+  async resume(caller: Caller & { scopes?: readonly string[] }, id: string): Promise<SandboxView> {
+    const admin = caller.scopes?.includes('admin') ?? false;
+    const found = admin
+      ? await this.#db.selectFrom('sandboxes').selectAll().where('id', '=', id).executeTakeFirst()
+      : undefined;
+    const row = found ?? (await this.#row(caller.tenant, id));
+    if (row.flagged === 1 && !admin) {
+      throw new PalisadeError(
+        'FORBIDDEN',
+        `Sandbox ${id} was frozen by the circuit breaker (${row.reason}); only an admin key can resume it, after a human has looked at it.`,
+        { requiredScope: 'admin' },
+      );
+    }
+    return this.#transition({ keyId: caller.keyId, tenant: row.tenant }, id, 'resume');
   }
 
   async #transition(caller: Caller, id: string, action: 'pause' | 'resume'): Promise<SandboxView> {
@@ -442,7 +485,12 @@ export class SandboxService {
     const reason = info?.reason ?? `${action}d by request`;
     await this.#db
       .updateTable('sandboxes')
-      .set({ state, reason, updated_at: new Date().toISOString() })
+      .set({
+        state,
+        reason,
+        updated_at: new Date().toISOString(),
+        ...(action === 'resume' ? { flagged: 0 } : {}),
+      })
       .where('id', '=', id)
       .execute();
     await this.#audit.append({
@@ -450,6 +498,7 @@ export class SandboxService {
       tenant: caller.tenant,
       sandboxId: id,
       actor: caller.keyId,
+      ...(action === 'resume' && row.flagged === 1 ? { data: { clearedFlag: true } } : {}),
     });
     return toView(await this.#row(caller.tenant, id));
   }
@@ -544,6 +593,93 @@ export class SandboxService {
       data: { previous, rules: text },
     });
     return this.#networks.view(id);
+  }
+
+  /**
+   * Destroys every live sandbox (any tenant) that `match` selects; used by the kill switch.
+   * Returns the ids destroyed; a sandbox that could not be destroyed is reported in `failed`.
+   */
+  async destroyMatching(
+    match: (s: { id: string; tenant: string; labels: Record<string, string> }) => boolean,
+    reason: string,
+    actor: string,
+  ): Promise<{ destroyed: string[]; failed: string[] }> {
+    const rows = await this.#db
+      .selectFrom('sandboxes')
+      .selectAll()
+      .where('state', 'in', LIVE_STATES)
+      .execute();
+    const selected = rows.filter((row) =>
+      match({
+        id: row.id,
+        tenant: row.tenant,
+        labels: JSON.parse(row.labels) as Record<string, string>,
+      }),
+    );
+    const destroyed: string[] = [];
+    const failed: string[] = [];
+    // All at once: a kill switch must not wait for one sandbox's teardown before the next.
+    await Promise.all(
+      selected.map(async (row) => {
+        try {
+          await this.#destroy(row, reason, actor);
+          destroyed.push(row.id);
+        } catch {
+          failed.push(row.id);
+        }
+      }),
+    );
+    return { destroyed, failed };
+  }
+
+  /**
+   * Circuit breaker: freezes a running sandbox (engine pause), records the reason and flags
+   * it for a human. No-op for a sandbox that is not running or already flagged.
+   */
+  async freeze(id: string, reason: string): Promise<boolean> {
+    const row = await this.#db
+      .selectFrom('sandboxes')
+      .selectAll()
+      .where('id', '=', id)
+      .executeTakeFirst();
+    if (!row || row.flagged === 1 || this.#runtime.get(id)?.state !== 'running') return false;
+    await this.#runtime.pause(id);
+    // Queued behind the engine's own state-change write, so its generic reason cannot win.
+    const write = this.#writes.then(() =>
+      this.#db
+        .updateTable('sandboxes')
+        .set({ state: 'paused', reason, flagged: 1, updated_at: new Date().toISOString() })
+        .where('id', '=', id)
+        .execute(),
+    );
+    this.#writes = write.catch(() => undefined);
+    await write;
+    await this.#audit.append({
+      type: 'sandbox.flagged',
+      tenant: row.tenant,
+      sandboxId: id,
+      actor: 'system',
+      data: { reason },
+    });
+    return true;
+  }
+
+  /** Sandboxes by state and the number of live flagged ones (for /metrics). */
+  async counts(): Promise<{ byState: Partial<Record<SandboxState, number>>; flagged: number }> {
+    const rows = await this.#db
+      .selectFrom('sandboxes')
+      .select((eb) => ['state', eb.fn.countAll<number>().as('n')])
+      .groupBy('state')
+      .execute();
+    const byState: Partial<Record<SandboxState, number>> = {};
+    for (const r of rows) byState[r.state as SandboxState] = Number(r.n);
+    const flagged = await this.#db
+      .selectFrom('sandboxes')
+      .select((eb) => eb.fn.countAll<number>().as('n'))
+      .where('flagged', '=', 1)
+      .where('state', 'in', LIVE_STATES)
+      .executeTakeFirst();
+    return { byState, flagged: Number(flagged?.n ?? 0) };
   }
 
   /** Graceful shutdown: destroys every live sandbox and records why. */
@@ -652,6 +788,7 @@ function toView(row: SandboxTable): SandboxView {
     expiresAt: row.expires_at,
     endedAt: row.ended_at,
     policy: row.policy ? (JSON.parse(row.policy) as Record<string, unknown>) : null,
+    flagged: row.flagged === 1,
   };
 }
 

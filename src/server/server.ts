@@ -1,4 +1,4 @@
-import { chmodSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { openStore, type Store } from '../store/index.js';
 import type { SandboxRuntime } from '../sandbox/types.js';
@@ -32,6 +32,11 @@ export interface StartOptions {
    * `<dataDir>/egress`). Tests inject a resolver and a connect guard here.
    */
   egress?: Omit<EgressOptions, 'socketDir'>;
+  /**
+   * false: run without the egress gateway (sandbox network sections are refused). The
+   * privilege-separated worker uses this: it cannot chown proxy sockets. @default true
+   */
+  egressGateway?: boolean;
 }
 
 /**
@@ -46,7 +51,9 @@ export async function startControlPlane(options: StartOptions): Promise<ControlP
   const store = await openStore({ dataDir: config.dataDir });
   // Traversable but not listable: the engine's state usually lives below the data directory and
   // sandbox uids must reach it; the database files themselves are owner-only (0600).
-  chmodSync(config.dataDir, 0o711);
+  // A privilege-separated worker does not own the data directory; the supervisor set its mode.
+  const uid = process.getuid?.();
+  if (uid === 0 || statSync(config.dataDir).uid === uid) chmodSync(config.dataDir, 0o711);
   const egressDir = join(config.dataDir, 'egress');
   clearStaleEgressSockets(egressDir);
   let app: App | undefined;
@@ -57,8 +64,12 @@ export async function startControlPlane(options: StartOptions): Promise<ControlP
       runtime: options.runtime,
       policyLayers,
       ...(basePolicy ? { basePolicy } : {}),
-      egress: { ...options.egress, socketDir: egressDir },
+      ...(options.egressGateway === false
+        ? {}
+        : { egress: { ...options.egress, socketDir: egressDir } }),
     });
+    // Fail closed: a server that cannot read its kill switches must not serve.
+    await app.kills.ready();
     const adminKey = await app.keys.ensureAdminKey();
     if (adminKey) {
       await app.audit.append({
@@ -80,6 +91,7 @@ export async function startControlPlane(options: StartOptions): Promise<ControlP
       if (reaping) return;
       reaping = true;
       started.execs.sweep();
+      started.approvals.sweep();
       void started.sandboxes
         .reap(config.retentionMs)
         .catch((err: unknown) => started.fastify.log.error({ err }, 'reaper failed'))

@@ -63,6 +63,30 @@ const migrations: Record<string, Migration> = {
       await db.schema.alterTable('sandboxes').addColumn('policy', 'text').execute();
     },
   },
+  '0003_kill_switches_and_breaker': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema
+        .createTable('kill_switches')
+        .addColumn('id', 'varchar(64)', (c) => c.primaryKey())
+        .addColumn('selector', 'text', (c) => c.notNull())
+        .addColumn('reason', 'text', (c) => c.notNull())
+        .addColumn('created_by', 'varchar(64)', (c) => c.notNull())
+        .addColumn('created_at', 'varchar(32)', (c) => c.notNull())
+        .addColumn('released_at', 'varchar(32)')
+        .addColumn('released_by', 'varchar(64)')
+        .execute();
+      await db.schema
+        .alterTable('sandboxes')
+        .addColumn('flagged', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
+    },
+  },
+  '0004_key_restrictions': {
+    async up(db: Kysely<unknown>): Promise<void> {
+      await db.schema.alterTable('api_keys').addColumn('sandbox_id', 'varchar(64)').execute();
+      await db.schema.alterTable('api_keys').addColumn('tools', 'text').execute();
+    },
+  },
 };
 
 export const migrationProvider: MigrationProvider = {

@@ -17,6 +17,10 @@ export interface ApiKeyTable {
   expires_at: string | null;
   revoked_at: string | null;
   last_used_at: string | null;
+  /** The one sandbox this key may use, or null (added in 0004). */
+  sandbox_id: string | null;
+  /** JSON array of the MCP tools this key may use, or null for all (added in 0004). */
+  tools: string | null;
 }
 
 export interface SandboxTable {
@@ -35,6 +39,20 @@ export interface SandboxTable {
   ended_at: string | null;
   /** JSON of the sandbox's own permission policy layer, or null (added in 0002). */
   policy: string | null;
+  /** 1 when the circuit breaker froze the sandbox and a human must look (added in 0003). */
+  flagged: number;
+}
+
+/** Kill switches; active while released_at is null (added in 0003). */
+export interface KillSwitchTable {
+  id: string;
+  /** JSON of the selector: {all: true} | {tenant} | {labels} | {sandboxId}. */
+  selector: string;
+  reason: string;
+  created_by: string;
+  created_at: string;
+  released_at: string | null;
+  released_by: string | null;
 }
 
 export interface AuditTable {
@@ -60,6 +78,7 @@ export interface Database {
   sandboxes: SandboxTable;
   audit_log: AuditTable;
   palisade_meta: MetaTable;
+  kill_switches: KillSwitchTable;
 }
 
 export type { Generated };

@@ -12,7 +12,10 @@ describe('permission policy on exec', () => {
       'test:operator',
       'operator',
     );
-    s = await startTestServer({ policyLayers: [layer] });
+    s = await startTestServer({
+      policyLayers: [layer],
+      config: { approvals: { timeoutMs: 1000 } },
+    });
     const r = await s.req('POST', '/v1/sandboxes', { key: s.adminKey, body: {} });
     id = r.json.id;
   });
@@ -54,14 +57,15 @@ describe('permission policy on exec', () => {
     assert.equal(streamed.status, 403);
   });
 
-  it('ask fails closed (no approvals yet) with a clear message', async () => {
+  it('ask waits for a human and fails closed when no one approves in time', async () => {
     const r = await s.req('POST', `/v1/sandboxes/${id}/exec`, {
       key: s.adminKey,
       body: { command: 'curl http://127.0.0.1/' },
     });
     assert.equal(r.status, 403);
-    assert.equal(r.json.code, 'POLICY_ASK');
-    assert.match(r.json.message, /approval/);
+    assert.equal(r.json.code, 'POLICY_DENIED');
+    assert.equal(r.json.details.outcome, 'expired');
+    assert.match(r.json.message, /approv/);
   });
 
   it('policy decisions are audited', async () => {

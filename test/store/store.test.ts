@@ -19,12 +19,17 @@ describe('store', () => {
     );
     assert.deepEqual(
       migrations.rows.map((r) => r.name),
-      ['0001_initial', '0002_sandbox_policy'],
+      [
+        '0001_initial',
+        '0002_sandbox_policy',
+        '0003_kill_switches_and_breaker',
+        '0004_key_restrictions',
+      ],
     );
     await store.close();
     const again = await openStore({ dataDir });
     const after = await sql<{ name: string }>`SELECT name FROM kysely_migration`.execute(again.db);
-    assert.equal(after.rows.length, 2);
+    assert.equal(after.rows.length, 4);
     await again.close();
   });
 
