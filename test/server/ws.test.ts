@@ -372,9 +372,10 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
     let marker: string | undefined;
     socket.on('data', (d: Buffer) => {
       // Server frames are unmasked: the JSON text is in the byte stream as is.
-      tail = (tail + d.toString('latin1')).slice(-4096);
-      const m = /\{"type":"dropped","messages":(\d+)\}/.exec(tail);
+      const text = tail + d.toString('latin1');
+      const m = /\{"type":"dropped","messages":(\d+)\}/.exec(text);
       if (m) marker ??= m[1];
+      tail = text.slice(-64);
     });
     socket.write(clientFrame(JSON.stringify({ type: 'subscribe', sandboxId: sbA })));
     await sleep(300);
