@@ -194,6 +194,11 @@ export async function runCommand(args: string[]): Promise<number> {
     const result = await handle.done;
     process.stdin.destroy();
     if (gateway) {
+      // A refusal's event is emitted when the gateway closes that connection, which can be
+      // just after the command exited: destroy (which detaches the sandbox from the gateway
+      // and closes its connections) and let those closes run before reporting.
+      await engine.destroy(sandbox.id);
+      await new Promise((r) => setTimeout(r, 50));
       const denials = formatDenials(gateway.recentDenials(sandbox.id));
       if (denials) process.stderr.write(`${denials}\n`);
     }
