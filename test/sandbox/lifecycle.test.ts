@@ -34,7 +34,11 @@ describe('sandbox lifecycle and cleanup', () => {
       command: 'sleep 1000 & setsid sleep 1000 & sleep 1000',
       timeoutMs: 60_000,
     });
-    assert.ok(hostPidsOfUid(sb.hostUid).length >= 4);
+    // exec resolves once the shell runs; its background children follow a moment later.
+    assert.ok(
+      await waitFor(() => hostPidsOfUid(sb.hostUid).length >= 5, 10_000),
+      'bwrap, agent, sh and the sleeps run',
+    );
     assert.ok(cgroupDirsFor(config.cgroupPrefix!, sb.id).length > 0, 'the sandbox had cgroups');
     const states: string[] = [];
     const off = engine.onStateChange((i) => i.id === sb.id && states.push(i.state));
