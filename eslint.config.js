@@ -2,7 +2,16 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['.scratch/**', 'dist/**', 'node_modules/**', 'native/build/**', 'bench/results/**'] },
+  {
+    ignores: [
+      '.scratch/**',
+      '.test-results/**',
+      'dist/**',
+      'node_modules/**',
+      'native/build/**',
+      'bench/results/**',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -1,7 +1,7 @@
 // Runs the test suite with Node's built-in runner. Node 20's --test does not expand globs,
 // so the files are collected here. Slow suites (*.slow.test.ts) run only with --slow.
 import { spawnSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
 const args = process.argv.slice(2);
@@ -41,9 +41,24 @@ if (process.env.PALISADE_SKIP_TYPECHECK !== '1') {
   }
 }
 
+// Every run also records each test's outcome; a run of the whole default suite is the one
+// `npm run security:register` checks the findings register against.
+const fullRun = filters.length === 0 && !onlySlow;
+mkdirSync('.test-results', { recursive: true });
+const resultsFile = join('.test-results', fullRun ? 'last-run.json' : 'last-partial-run.json');
 const result = spawnSync(
   process.execPath,
-  ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-reporter=spec', ...files],
+  [
+    '--import',
+    'tsx',
+    '--test',
+    '--test-concurrency=2',
+    '--test-reporter=spec',
+    '--test-reporter-destination=stdout',
+    '--test-reporter=./scripts/test-results-reporter.mjs',
+    `--test-reporter-destination=${resultsFile}`,
+    ...files,
+  ],
   { stdio: 'inherit', env: { ...process.env, PALISADE_TEST: '1' } },
 );
 process.exit(result.status ?? 1);

@@ -1,0 +1,161 @@
+// The attack suite's target: a real `palisade serve` process (privilege-separated when the
+// tests run as root, as in production), reached only over its real HTTP port.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request, type ReqOptions, type Res } from '../server/helpers.js';
+
+const CLI = join(import.meta.dirname, '..', 'server', 'cli-entry.ts');
+
+export interface ServeOptions {
+  /** Extra `palisade serve` arguments. */
+  args?: string[];
+  /** Run without privilege separation (`--single-process`). */
+  singleProcess?: boolean;
+  /** Operator policy file contents (YAML); passed as `--policy`. */
+  policy?: string;
+  /** Extra environment for the server process (on top of a minimal PATH/HOME). */
+  env?: Record<string, string>;
+  /** Milliseconds to wait for the server to come up. */
+  startTimeoutMs?: number;
+}
+
+export interface Palisade {
+  url: string;
+  adminKey: string;
+  dataDir: string;
+  /** The pid of the process we spawned (the supervisor when split). */
+  pid: number;
+  /** The pid of the unprivileged HTTP worker, when split. */
+  workerPid: number | undefined;
+  /** Host uid range the engine gives to sandboxes. */
+  uidRange: { start: number; count: number };
+  child: ChildProcess;
+  /** Everything the server wrote so far. */
+  output(): { stdout: string; stderr: string };
+  req(method: string, path: string, options?: ReqOptions): Promise<Res>;
+  /** Mint an API key through the API (admin). */
+  createKey(body: Record<string, unknown>): Promise<{ key: string; id: string }>;
+  /** Create a sandbox as the admin (or `key`) and return its id. */
+  createSandbox(body?: Record<string, unknown>, key?: string): Promise<string>;
+  close(): Promise<void>;
+}
+
+let counter = 0;
+
+export async function startPalisade(options: ServeOptions = {}): Promise<Palisade> {
+  const n = counter++;
+  const uidRange = {
+    start: 1_810_000_000 + ((process.pid % 2000) * 8 + (n % 8)) * 1000,
+    count: 1000,
+  };
+  const dataDir = mkdtempSync(join(tmpdir(), 'palisade-attack-'));
+  chmodSync(dataDir, 0o711);
+  const args = [
+    '--import',
+    'tsx',
+    CLI,
+    'serve',
+    '--port',
+    '0',
+    '--data-dir',
+    dataDir,
+    '--log-level',
+    'info',
+    '--engine-uids',
+    `${uidRange.start}:${uidRange.count}`,
+    '--engine-cgroup',
+    `palisade-attack-${process.pid}-${n}`,
+  ];
+  if (options.singleProcess) args.push('--single-process');
+  if (options.policy !== undefined) {
+    const policyFile = join(dataDir, 'operator-policy.yaml');
+    writeFileSync(policyFile, options.policy, { mode: 0o644 });
+    args.push('--policy', policyFile);
+  }
+  args.push(...(options.args ?? []));
+  const child = spawn(process.execPath, args, {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/root', ...options.env },
+  });
+  let stdout = '';
+  let stderr = '';
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  const split = process.getuid?.() === 0 && !options.singleProcess;
+  const started = await new Promise<{ url: string; adminKey: string; workerPid?: number }>(
+    (resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`palisade serve did not start: ${stdout} ${stderr}`)),
+        options.startTimeoutMs ?? 60_000,
+      );
+      const check = () => {
+        const url = /listening on (http:\/\/\S+)/.exec(stdout)?.[1];
+        const adminKey = /^Admin API key: (\S+)$/m.exec(stdout)?.[1];
+        const worker = /HTTP worker pid (\d+)/.exec(stderr)?.[1];
+        if (url && adminKey && (!split || worker)) {
+          clearTimeout(timer);
+          resolve({ url, adminKey, ...(worker ? { workerPid: Number(worker) } : {}) });
+        }
+      };
+      child.stdout!.on('data', (d: Buffer) => {
+        stdout += d.toString();
+        check();
+      });
+      child.stderr!.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        check();
+      });
+      void exited.then((code) => {
+        clearTimeout(timer);
+        reject(new Error(`palisade serve exited ${code}: ${stdout} ${stderr}`));
+      });
+    },
+  );
+  const { url, adminKey } = started;
+  const req = (method: string, path: string, opts: ReqOptions = {}) =>
+    request(url, method, path, { key: adminKey, ...opts });
+  return {
+    url,
+    adminKey,
+    dataDir,
+    pid: child.pid!,
+    workerPid: started.workerPid,
+    uidRange,
+    child,
+    output: () => ({ stdout, stderr }),
+    req,
+    async createKey(body) {
+      const res = await req('POST', '/v1/keys', { body });
+      if (res.status !== 201) throw new Error(`key creation failed: ${res.status} ${res.text}`);
+      return { key: res.json.key as string, id: res.json.id as string };
+    },
+    async createSandbox(body = {}, key) {
+      const res = await req('POST', '/v1/sandboxes', { body, ...(key ? { key } : {}) });
+      if (res.status !== 201) throw new Error(`sandbox creation failed: ${res.status} ${res.text}`);
+      return res.json.id as string;
+    },
+    async close() {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+        await exited;
+        clearTimeout(timer);
+      }
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Run a shell command in a sandbox through the API; returns the parsed exec result. */
+export async function execIn(
+  p: Palisade,
+  sandboxId: string,
+  command: string,
+  key?: string,
+): Promise<Res> {
+  return p.req('POST', `/v1/sandboxes/${sandboxId}/exec`, {
+    body: { command },
+    ...(key ? { key } : {}),
+  });
+}
