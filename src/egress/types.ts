@@ -80,8 +80,12 @@ export interface EgressGateway {
     policy: EgressPolicy,
     owner: { uid: number; gid: number },
   ): Promise<SandboxNetwork>;
-  /** New connections follow the new policy; open connections to now-denied destinations are closed. */
-  updatePolicy(sandboxId: string, policy: EgressPolicy): void;
+  /**
+   * New connections follow the new policy; open connections to now-denied destinations are
+   * closed. All or nothing: if it throws (or its promise rejects), the previous policy stays in
+   * force. A gateway in another process returns a promise that settles once it applied them.
+   */
+  updatePolicy(sandboxId: string, policy: EgressPolicy): void | Promise<void>;
   /** Closes the sandbox's listener and every connection, and removes its socket. */
   detach(sandboxId: string): Promise<void>;
   stats(sandboxId: string): EgressStats;

@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'INVALID_LIMIT'
   | 'INVALID_PATH'
   | 'INVALID_POLICY'
+  | 'INVALID_CONFIG'
   // sandbox lifecycle
   | 'SANDBOX_NOT_FOUND'
   | 'SANDBOX_NOT_RUNNING'
@@ -19,6 +20,7 @@ export type ErrorCode =
   | 'EXEC_NOT_FOUND'
   | 'EXEC_FAILED'
   | 'EXEC_START_FAILED'
+  | 'EXEC_LIMIT_REACHED'
   // sandbox files API
   | 'FILE_NOT_FOUND'
   | 'FILE_EXISTS'

@@ -14,6 +14,7 @@ import {
 } from '../auth/index.js';
 import {
   createEgressGateway,
+  type EgressEventSink,
   type EgressGateway,
   type GatewayLimits,
   type IpAddress,
@@ -26,9 +27,11 @@ import type { ServerConfig } from './config.js';
 import { ExecService } from './executions.js';
 import { securityHeaders } from './headers.js';
 import { toErrorResponse } from './http-errors.js';
+import { requestForLog } from './log-redact.js';
 import { buildOpenApi, type RouteDoc } from './openapi.js';
 import type { PolicyLayer } from '../policy/index.js';
 import type { ExecPolicy } from './policy-hook.js';
+import type { OperatorPolicy } from './operator-policy.js';
 import { registerAdminRoutes } from './routes-admin.js';
 import { registerFileRoutes } from './routes-files.js';
 import { registerSandboxRoutes } from './routes-sandboxes.js';
@@ -74,6 +77,8 @@ export interface AppDeps {
   policyLayers?: PolicyLayer[];
   /** The engine built from `policyLayers` (built by startControlPlane). */
   basePolicy?: ExecPolicy;
+  /** The reloadable operator policy (also `basePolicy`), when serve has a policy file. */
+  operatorPolicy?: OperatorPolicy;
   /** The egress gateway the app owns. Omitted: no sandbox can have network (network sections are refused). */
   egress?: EgressOptions;
 }
@@ -88,6 +93,16 @@ export interface EgressOptions {
   connectGuard?: (address: IpAddress, port: number) => boolean;
   /** Audit appends of egress events in flight; more are dropped and counted. @default 1024 */
   maxPendingAuditEvents?: number;
+  /**
+   * Builds the gateway instead of createEgressGateway: the privilege-separated worker drives
+   * the supervisor's gateway through it (socketDir, resolver, limits and connectGuard then
+   * belong to the supervisor). `sink` takes every event; `onDropped` records events lost
+   * before they reached this process.
+   */
+  createGateway?: (hooks: {
+    sink: EgressEventSink;
+    onDropped: (count: number) => void;
+  }) => EgressGateway;
 }
 
 export interface AppEgress {
@@ -165,6 +180,7 @@ export function buildApp(deps: AppDeps): App {
         ],
         censor: '[redacted]',
       },
+      serializers: { req: requestForLog },
     },
     config.logStream ?? pino.destination(2),
   );
@@ -181,6 +197,17 @@ export function buildApp(deps: AppDeps): App {
     requestTimeout: 30_000,
     keepAliveTimeout: 10_000,
     routerOptions: { maxParamLength: 200 },
+    // Malformed URLs and over-long ids are answered by the router before any hook runs; without
+    // this they get Fastify's own error shape, echoing the whole path (001 #14, 004 L-1).
+    frameworkErrors: (_err, request, reply) =>
+      sendError(
+        request,
+        reply.headers(securityHeaders(Boolean(config.tls))).header('x-request-id', request.id),
+        new PalisadeError(
+          'INVALID_ARGUMENT',
+          'The request path is malformed or one of its segments is longer than 200 characters; check the ids in the URL.',
+        ),
+      ),
     ...(config.tls ? { https: { cert: config.tls.cert, key: config.tls.key } } : {}),
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   }) as unknown as FastifyInstance;
@@ -225,13 +252,16 @@ export function buildApp(deps: AppDeps): App {
         ? { maxPending: deps.egress.maxPendingAuditEvents }
         : {}),
     });
-    const gateway = createEgressGateway({
-      socketDir: deps.egress.socketDir,
-      sink: observeEgress(auditSink, metrics, (id) => breaker.record(id, 'egress')),
-      ...(deps.egress.resolver ? { resolver: deps.egress.resolver } : {}),
-      ...(deps.egress.limits ? { limits: deps.egress.limits } : {}),
-      ...(deps.egress.connectGuard ? { connectGuard: deps.egress.connectGuard } : {}),
-    });
+    const sink = observeEgress(auditSink, metrics, (id) => breaker.record(id, 'egress'));
+    const gateway = deps.egress.createGateway
+      ? deps.egress.createGateway({ sink, onDropped: (count) => auditSink.recordDropped(count) })
+      : createEgressGateway({
+          socketDir: deps.egress.socketDir,
+          sink,
+          ...(deps.egress.resolver ? { resolver: deps.egress.resolver } : {}),
+          ...(deps.egress.limits ? { limits: deps.egress.limits } : {}),
+          ...(deps.egress.connectGuard ? { connectGuard: deps.egress.connectGuard } : {}),
+        });
     // tenantOf runs only for gateway events, after `networks` is initialised.
     const networks: SandboxNetworks = new SandboxNetworks({
       gateway,
@@ -257,6 +287,7 @@ export function buildApp(deps: AppDeps): App {
     runtime,
     policyLayers: deps.policyLayers ?? [],
     ...(deps.basePolicy ? { basePolicy: deps.basePolicy } : {}),
+    ...(deps.operatorPolicy ? { operatorPolicy: deps.operatorPolicy } : {}),
     ...(egress ? { networks: egress.networks } : {}),
     db: store.db,
     audit,
@@ -282,7 +313,15 @@ export function buildApp(deps: AppDeps): App {
 
   fastify.addHook('onRoute', (route) => {
     const access = (route.config as { access?: RouteAccess } | undefined)?.access;
-    if (!access || route.method === 'HEAD') return;
+    // onRequest lets a route without `access` through unauthenticated (that is how 404s pass),
+    // so a route that forgot to declare its access must never be registered (004 H-1).
+    if (!access) {
+      throw new PalisadeError(
+        'INTERNAL',
+        `Route ${String(route.method)} ${route.url} declares no access (config.access); every route must.`,
+      );
+    }
+    if (route.method === 'HEAD') return;
     routes.push({
       method: String(route.method),
       url: route.url,

@@ -16,6 +16,14 @@ export interface ApprovalsConfig {
   decidedRetentionMs: number;
   /** Most decided outcomes remembered (oldest forgotten first). @default 1000 */
   maxDecidedRetained: number;
+  /**
+   * MCP over HTTP (/mcp): how long a tool call whose client sent a progress token waits for a
+   * human, sending `notifications/progress`, before it returns a pending result with the
+   * approval id instead. 1 = never wait (always the pending result). @default 5 min
+   */
+  mcpWaitMs: number;
+  /** MCP: interval of `notifications/progress` while a tool call waits or runs. @default 5 s */
+  mcpProgressIntervalMs: number;
 }
 
 export const DEFAULT_APPROVALS_CONFIG: ApprovalsConfig = {
@@ -24,6 +32,8 @@ export const DEFAULT_APPROVALS_CONFIG: ApprovalsConfig = {
   maxPendingGlobal: 1000,
   decidedRetentionMs: 60_000,
   maxDecidedRetained: 1000,
+  mcpWaitMs: 5 * 60_000,
+  mcpProgressIntervalMs: 5_000,
 };
 
 export type ApprovalStatus = 'pending' | 'approved' | 'denied' | 'expired' | 'cancelled';
@@ -31,9 +41,14 @@ export type ApprovalStatus = 'pending' | 'approved' | 'denied' | 'expired' | 'ca
 export interface ApprovalView {
   id: string;
   sandboxId: string;
-  execId: string;
+  /** The waiting exec; null for a file action. */
+  execId: string | null;
+  /** The policy tool asked about: `Bash` for execs; `Read`, `Write`, `Edit`, `LS`, `Glob` for files. */
   tool: string;
+  /** What will run or happen: the command, or a file action such as `Write /workspace/a.txt`. */
   command: string;
+  /** The sandbox path a file action is about; null for execs. */
+  path: string | null;
   cwd: string | null;
   /** Why the policy asked (the rule that matched). */
   policyReason: string;
@@ -63,9 +78,15 @@ export interface ApprovalEvent {
 export interface ApprovalRequest {
   tenant: string;
   sandboxId: string;
-  execId: string;
+  /** The waiting exec (exec approvals). */
+  execId?: string;
   keyId: string;
+  /** The command, or a one-line description of the file action. */
   command: string;
+  /** @default 'Bash' */
+  tool?: string;
+  /** The sandbox path of a file action. */
+  path?: string;
   cwd?: string;
   policyReason: string;
   /** Aborting cancels the approval (client gone, exec interrupted). */
@@ -90,6 +111,10 @@ interface Decided {
 const APPROVAL_ID_RE = /^ap-[a-z2-7]{20}$/;
 const BASE32 = 'abcdefghijklmnopqrstuvwxyz234567';
 const MAX_REASON_CHARS = 1024;
+const MAX_SHOWN_CHARS = 4096;
+
+const clip = (text: string): string =>
+  text.length > MAX_SHOWN_CHARS ? `${text.slice(0, MAX_SHOWN_CHARS)}…` : text;
 
 function newApprovalId(): string {
   const bytes = randomBytes(20);
@@ -182,9 +207,10 @@ export class ApprovalService {
     const view: ApprovalView = {
       id: newApprovalId(),
       sandboxId: input.sandboxId,
-      execId: input.execId,
-      tool: 'Bash',
-      command: input.command.length > 4096 ? `${input.command.slice(0, 4096)}…` : input.command,
+      execId: input.execId ?? null,
+      tool: input.tool ?? 'Bash',
+      command: clip(input.command),
+      path: input.path === undefined ? null : clip(input.path),
       cwd: input.cwd ?? null,
       policyReason: input.policyReason,
       requestedBy: input.keyId,
@@ -201,7 +227,15 @@ export class ApprovalService {
       this.#resolve(view.id, 'expired', null, `not decided within ${this.#timeoutText()}`);
     }, this.#config.timeoutMs);
     timer.unref();
-    const onAbort = () => this.#resolve(view.id, 'cancelled', null, 'the exec was cancelled');
+    const onAbort = () =>
+      this.#resolve(
+        view.id,
+        'cancelled',
+        null,
+        view.execId === null
+          ? 'the request was cancelled (client disconnected)'
+          : 'the exec was cancelled',
+      );
     input.signal?.addEventListener('abort', onAbort, { once: true });
     this.#pending.set(view.id, {
       view,
@@ -219,9 +253,10 @@ export class ApprovalService {
         actor: input.keyId,
         data: {
           approvalId: view.id,
-          execId: input.execId,
+          execId: view.execId,
           tool: view.tool,
           command: input.command,
+          ...(input.path !== undefined ? { path: input.path } : {}),
           cwd: view.cwd,
           policyReason: input.policyReason,
           expiresAt: view.expiresAt,
@@ -278,7 +313,13 @@ export class ApprovalService {
         tenant: entry.tenant,
         sandboxId: view.sandboxId,
         actor: decidedBy ?? 'system',
-        data: { approvalId: id, execId: view.execId, reason },
+        data: {
+          approvalId: id,
+          execId: view.execId,
+          tool: view.tool,
+          ...(view.path !== null ? { path: view.path } : {}),
+          reason,
+        },
       })
       .catch(() => undefined);
     return { view, audited };
@@ -385,7 +426,9 @@ export function outcomeError(
   approvalId: string,
   outcome: ApprovalOutcome,
   timeoutMs: number,
+  what: 'command' | 'file action' = 'command',
 ): PalisadeError {
+  const notDone = what === 'command' ? 'It was not run.' : 'Nothing was changed or read.';
   const details = {
     approvalId,
     decision: 'deny',
@@ -396,20 +439,20 @@ export function outcomeError(
   if (outcome.status === 'denied') {
     return new PalisadeError(
       'POLICY_DENIED',
-      `A human denied this command (approval ${approvalId})${outcome.reason ? `: ${outcome.reason}` : ''}. It was not run.`,
+      `A human denied this ${what} (approval ${approvalId})${outcome.reason ? `: ${outcome.reason}` : ''}. ${notDone}`,
       details,
     );
   }
   if (outcome.status === 'expired') {
     return new PalisadeError(
       'POLICY_DENIED',
-      `No one approved this command within ${Math.max(1, Math.round(timeoutMs / 1000))} s (approval ${approvalId} expired), so it was not run. Ask an approver to watch GET /v1/approvals/stream, or retry.`,
+      `No one approved this ${what} within ${Math.max(1, Math.round(timeoutMs / 1000))} s (approval ${approvalId} expired), so ${what === 'command' ? 'it was not run' : 'nothing was done'}. Ask an approver to watch GET /v1/approvals/stream, or retry.`,
       details,
     );
   }
   return new PalisadeError(
     'CONFLICT',
-    `The command was not run: its approval ${approvalId} was cancelled (${outcome.reason ?? 'cancelled'}).`,
+    `The ${what} was not ${what === 'command' ? 'run' : 'done'}: its approval ${approvalId} was cancelled (${outcome.reason ?? 'cancelled'}).`,
     details,
   );
 }

@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
-import { PalisadeError } from '../errors/index.js';
+import { PalisadeError, isPalisadeError } from '../errors/index.js';
+import { parseDuration } from '../sandbox/index.js';
 import type { AuthThrottleOptions, RateLimitConfig } from '../auth/index.js';
 import { DEFAULT_APPROVALS_CONFIG, type ApprovalsConfig } from './approvals.js';
 import { DEFAULT_WS_CONFIG, type WsConfig } from './ws.js';
@@ -31,6 +32,16 @@ export interface ExecConfig {
   maxRunningPerSandbox: number;
   /** Log bytes kept per background exec (oldest chunks dropped; readers see the gap). @default 1 MiB */
   maxLogBytesPerExec: number;
+  /**
+   * Commands running at once per tenant (foreground and background, every sandbox); more is 429
+   * EXEC_LIMIT_REACHED. Well below what the whole server can run: in privilege-separated mode
+   * the supervisor connection runs at most 64 commands for all tenants together. @default 16
+   */
+  maxRunningPerTenant: number;
+  /** Commands running at once per API key (so one agent cannot use its tenant's share). @default 12 */
+  maxRunningPerKey: number;
+  /** Streamed execs (Accept: text/event-stream) open at once per API key. @default 8 */
+  maxStreamsPerKey: number;
 }
 
 /** Bounds of the files API (`src/server/routes-files.ts`). */
@@ -114,6 +125,9 @@ export const DEFAULT_CONFIG: Omit<ServerConfig, 'dataDir'> = {
     maxExecRecords: 1000,
     maxRunningPerSandbox: 16,
     maxLogBytesPerExec: 1024 * 1024,
+    maxRunningPerTenant: 16,
+    maxRunningPerKey: 12,
+    maxStreamsPerKey: 8,
   },
   files: {
     maxReadBytes: 64 * 1024 * 1024,
@@ -165,6 +179,9 @@ export function resolveConfig(input: ServerConfigInput): ServerConfig {
     ws: { ...DEFAULT_CONFIG.ws, ...input.ws },
   };
   for (const [name, value] of [
+    ...(['maxRunningPerTenant', 'maxRunningPerKey', 'maxStreamsPerKey'] as const).map(
+      (k) => [`exec.${k}`, config.exec[k]] as const,
+    ),
     ...Object.entries(config.approvals).map(([k, v]) => [`approvals.${k}`, v] as const),
     ...Object.entries(config.ws).map(([k, v]) => [`ws.${k}`, v] as const),
   ]) {
@@ -193,16 +210,30 @@ export function resolveConfig(input: ServerConfigInput): ServerConfig {
   if (!Number.isInteger(config.port) || config.port < 0 || config.port > 65535) {
     throw new PalisadeError('INVALID_ARGUMENT', `Invalid port ${config.port}: use 0-65535.`);
   }
-  if (!Number.isSafeInteger(config.breakerThreshold) || config.breakerThreshold < 1) {
+  if (
+    !Number.isSafeInteger(config.breakerThreshold) ||
+    config.breakerThreshold < 1 ||
+    config.breakerThreshold > MAX_BREAKER_THRESHOLD
+  ) {
     throw new PalisadeError(
       'INVALID_ARGUMENT',
-      'breakerThreshold must be a positive integer (refusals per window before a sandbox is frozen).',
+      `breakerThreshold (--breaker-threshold) must be a whole number from 1 to ${MAX_BREAKER_THRESHOLD} (refusals per window before a sandbox is frozen).`,
     );
   }
-  if (!Number.isSafeInteger(config.breakerWindowMs) || config.breakerWindowMs < 1000) {
+  if (
+    !Number.isSafeInteger(config.breakerWindowMs) ||
+    config.breakerWindowMs < 1000 ||
+    config.breakerWindowMs > MAX_BREAKER_WINDOW_MS
+  ) {
     throw new PalisadeError(
       'INVALID_ARGUMENT',
-      'breakerWindowMs must be an integer of at least 1000.',
+      'breakerWindowMs (--breaker-window) must be a whole number of milliseconds from 1000 (1 s) to 3600000 (1 h).',
+    );
+  }
+  if (typeof config.metricsLoopback !== 'boolean') {
+    throw new PalisadeError(
+      'INVALID_ARGUMENT',
+      'metricsLoopback must be true or false (--metrics-access loopback or key).',
     );
   }
   if (!Number.isInteger(config.bodyLimitBytes) || config.bodyLimitBytes < 1024) {
@@ -228,4 +259,103 @@ export function resolveConfig(input: ServerConfigInput): ServerConfig {
     }
   }
   return config;
+}
+
+/**
+ * Each tracked sandbox keeps up to threshold + 1 timestamps and 4096 are tracked: this keeps the
+ * breaker's memory bounded (about 33 MB at worst).
+ */
+export const MAX_BREAKER_THRESHOLD = 1000;
+export const MAX_BREAKER_WINDOW_MS = 3_600_000;
+
+/** `palisade serve` flags for the circuit breaker and /metrics access (parseArgs options). */
+export const OPS_FLAG_OPTIONS = {
+  'breaker-threshold': { type: 'string' },
+  'breaker-window': { type: 'string' },
+  'metrics-access': { type: 'string' },
+  'exec-max-running-per-tenant': { type: 'string' },
+  'exec-max-running-per-key': { type: 'string' },
+  'exec-max-streams-per-key': { type: 'string' },
+} as const;
+
+/** The exec concurrency flags and the `exec` settings they set. */
+const EXEC_LIMIT_FLAGS = [
+  ['exec-max-running-per-tenant', 'maxRunningPerTenant'],
+  ['exec-max-running-per-key', 'maxRunningPerKey'],
+  ['exec-max-streams-per-key', 'maxStreamsPerKey'],
+] as const;
+
+export const OPS_FLAGS_USAGE = `  --breaker-threshold N  freeze a sandbox after more than N policy denials or egress refusals
+                         within the breaker window (1-${MAX_BREAKER_THRESHOLD}; default ${DEFAULT_CONFIG.breakerThreshold})
+  --breaker-window DURATION   the breaker's sliding window, e.g. 60s, 5m (1s-1h; default 60s)
+  --metrics-access key|loopback   who may read /metrics: key = a key with metrics:read (default);
+                         loopback = also loopback clients without a key
+  --exec-max-running-per-tenant N   commands running at once per tenant (default ${DEFAULT_CONFIG.exec.maxRunningPerTenant})
+  --exec-max-running-per-key N      commands running at once per API key (default ${DEFAULT_CONFIG.exec.maxRunningPerKey})
+  --exec-max-streams-per-key N      streamed (SSE) execs open at once per API key (default ${DEFAULT_CONFIG.exec.maxStreamsPerKey})
+`;
+
+export interface OpsFlagValues {
+  'breaker-threshold'?: string | undefined;
+  'breaker-window'?: string | undefined;
+  'metrics-access'?: string | undefined;
+  'exec-max-running-per-tenant'?: string | undefined;
+  'exec-max-running-per-key'?: string | undefined;
+  'exec-max-streams-per-key'?: string | undefined;
+}
+
+type OpsConfig = Pick<
+  ServerConfigInput,
+  'breakerThreshold' | 'breakerWindowMs' | 'metricsLoopback' | 'exec'
+>;
+
+/** The server settings the ops flags give; validated again (with the bounds) by resolveConfig. */
+export function opsConfigFromFlags(values: OpsFlagValues): OpsConfig {
+  const out: OpsConfig = {};
+  const threshold = values['breaker-threshold'];
+  if (threshold !== undefined) {
+    if (!/^\d{1,9}$/.test(threshold)) {
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `--breaker-threshold must be a whole number from 1 to ${MAX_BREAKER_THRESHOLD}, not ${JSON.stringify(threshold.slice(0, 40))}.`,
+      );
+    }
+    out.breakerThreshold = Number(threshold);
+  }
+  const window = values['breaker-window'];
+  if (window !== undefined) {
+    try {
+      out.breakerWindowMs = parseDuration(window.slice(0, 40), '--breaker-window');
+    } catch (err) {
+      if (!isPalisadeError(err)) throw err;
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `--breaker-window must be a duration from 1s to 1h such as 60s or 5m, not ${JSON.stringify(window.slice(0, 40))}.`,
+      );
+    }
+  }
+  const access = values['metrics-access'];
+  if (access !== undefined) {
+    if (access !== 'key' && access !== 'loopback') {
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `--metrics-access must be "key" (a key with metrics:read) or "loopback" (also loopback clients without a key), not ${JSON.stringify(access.slice(0, 40))}.`,
+      );
+    }
+    out.metricsLoopback = access === 'loopback';
+  }
+  for (const [flag, key] of EXEC_LIMIT_FLAGS) {
+    const value = values[flag];
+    if (value === undefined) continue;
+    if (!/^[1-9]\d{0,5}$/.test(value)) {
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `--${flag} must be a whole number of at least 1, not ${JSON.stringify(value.slice(0, 40))}.`,
+      );
+    }
+    out.exec = { ...out.exec, [key]: Number(value) };
+  }
+  // Range errors name the flag too; checking here fails before the server starts anything.
+  resolveConfig({ dataDir: '/', ...out });
+  return out;
 }

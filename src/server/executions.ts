@@ -5,6 +5,7 @@ import type { ExecHandle, ExecRequest, ExecResult, SandboxRuntime } from '../san
 import { ChunkLog, type LogRead, type StreamName } from './chunk-log.js';
 import type { ExecConfig } from './config.js';
 import { outcomeError, type ApprovalService } from './approvals.js';
+import { ExecSlots } from './exec-limits.js';
 import { argvToShell, type ExecPolicy } from './policy-hook.js';
 import { validateEnvSyntax } from './validate.js';
 
@@ -107,10 +108,20 @@ export function newExecId(): string {
   return id;
 }
 
+/** A foreground exec waiting for a human approval (policy "ask"). */
+export interface PendingApproval {
+  approvalId: string;
+  execId: string;
+  /** When the approval expires (the exec is then not run). */
+  expiresAt: string;
+  /** Why the policy asked (the rule that matched). */
+  policyReason: string;
+}
+
 export interface StreamCallbacks {
   onStart?: (execId: string) => void;
-  /** Called once the exec waits for a human approval (policy "ask"). */
-  onApprovalPending?: (approvalId: string) => void;
+  /** Called once the exec waits for a human approval (policy "ask"), before it can start. */
+  onApprovalPending?: (pending: PendingApproval) => void;
   onChunk?: (stream: StreamName, data: Buffer) => void;
   signal?: AbortSignal;
 }
@@ -118,8 +129,9 @@ export interface StreamCallbacks {
 /**
  * Runs execs through the engine after the policy check, records background executions with
  * bounded logs, and audits start and end. All state is bounded: at most `maxExecRecords`
- * records (oldest finished evicted first), `maxLogBytesPerExec` per log, and
- * `maxRunningPerSandbox` running background execs per sandbox.
+ * records (oldest finished evicted first), `maxLogBytesPerExec` per log,
+ * `maxRunningPerSandbox` running background execs per sandbox, and `maxRunningPerTenant` /
+ * `maxRunningPerKey` running commands (foreground and background) per tenant and key.
  */
 export class ExecService {
   readonly #runtime: SandboxRuntime;
@@ -131,6 +143,7 @@ export class ExecService {
   readonly #cancels = new Map<string, AbortController>();
   readonly #approvals: ApprovalService | undefined;
   readonly #onEvent: (event: ExecEvent) => void;
+  readonly #slots: ExecSlots;
 
   constructor(options: {
     runtime: SandboxRuntime;
@@ -149,6 +162,24 @@ export class ExecService {
     this.#policyFor = options.policyFor ?? (() => undefined);
     this.#approvals = options.approvals;
     this.#onEvent = options.onEvent ?? (() => undefined);
+    this.#slots = new ExecSlots({
+      maxRunningPerTenant: options.config.maxRunningPerTenant,
+      maxRunningPerKey: options.config.maxRunningPerKey,
+      maxStreamsPerKey: options.config.maxStreamsPerKey,
+    });
+  }
+
+  /**
+   * Takes one of the caller's streamed-exec slots (throws 429 EXEC_LIMIT_REACHED when all are
+   * open); call the returned function when the stream ends.
+   */
+  acquireStream(caller: Caller): () => void {
+    return this.#slots.acquireStream(caller);
+  }
+
+  /** Commands of a tenant running now (foreground and background). */
+  runningForTenant(tenant: string): number {
+    return this.#slots.runningForTenant(tenant);
   }
 
   #emit(event: ExecEvent): void {
@@ -171,7 +202,7 @@ export class ExecService {
     cwd: string | undefined,
     policyReason: string,
     signal: AbortSignal | undefined,
-    onPending?: (approvalId: string) => void,
+    onPending?: (pending: PendingApproval) => void,
   ): Promise<void> {
     const approvals = this.#approvals!;
     const { view, outcome } = await approvals.request({
@@ -184,7 +215,7 @@ export class ExecService {
       policyReason,
       ...(signal ? { signal } : {}),
     });
-    onPending?.(view.id);
+    onPending?.({ approvalId: view.id, execId, expiresAt: view.expiresAt, policyReason });
     const result = await outcome;
     if (result.status !== 'approved') {
       throw outcomeError(view.id, result, approvals.config.timeoutMs);
@@ -357,37 +388,44 @@ export class ExecService {
       });
       callbacks.onChunk?.(stream, part);
     };
-    await this.#auditStart(caller, sandboxId, execId, text, body, false);
-    let handle: ExecHandle;
+    // Taken after the approval: a command waiting for a human holds no engine resources.
+    const release = this.#slots.acquireRunning(caller);
     try {
-      handle = await this.#runtime.exec(sandboxId, {
-        ...request,
-        onStdout: forward('stdout'),
-        onStderr: forward('stderr'),
-        ...(callbacks.signal ? { signal: callbacks.signal } : {}),
-      });
-    } catch (err) {
-      await this.#audit.append({
-        type: 'exec.start_failed',
+      await this.#auditStart(caller, sandboxId, execId, text, body, false);
+      let handle: ExecHandle;
+      try {
+        handle = await this.#runtime.exec(sandboxId, {
+          ...request,
+          onStdout: forward('stdout'),
+          onStderr: forward('stderr'),
+          ...(callbacks.signal ? { signal: callbacks.signal } : {}),
+        });
+      } catch (err) {
+        await this.#audit.append({
+          type: 'exec.start_failed',
+          tenant: caller.tenant,
+          sandboxId,
+          actor: caller.keyId,
+          data: { execId, code: (err as { code?: string }).code ?? 'INTERNAL' },
+        });
+        throw err;
+      }
+      this.#emit({
+        type: 'exec.start',
         tenant: caller.tenant,
         sandboxId,
-        actor: caller.keyId,
-        data: { execId, code: (err as { code?: string }).code ?? 'INTERNAL' },
+        execId,
+        background: false,
       });
-      throw err;
+      callbacks.onStart?.(execId);
+      const result = await handle.done;
+      release();
+      this.#emitExit(caller.tenant, sandboxId, execId, result);
+      await this.#auditEnd(caller, sandboxId, execId, result);
+      return { execId, result };
+    } finally {
+      release();
     }
-    this.#emit({
-      type: 'exec.start',
-      tenant: caller.tenant,
-      sandboxId,
-      execId,
-      background: false,
-    });
-    callbacks.onStart?.(execId);
-    const result = await handle.done;
-    this.#emitExit(caller.tenant, sandboxId, execId, result);
-    await this.#auditEnd(caller, sandboxId, execId, result);
-    return { execId, result };
   }
 
   async startBackground(caller: Caller, sandboxId: string, body: ExecBody): Promise<ExecView> {
@@ -418,34 +456,40 @@ export class ExecService {
       notRun: null,
     };
     const start = async () => {
-      await this.#auditStart(caller, sandboxId, execId, text, body, true);
-      record.handle = await this.#runtime.exec(sandboxId, {
-        ...request,
-        // The log keeps the output; the engine's copy would only duplicate it in memory.
-        maxOutputBytes: Math.min(request.maxOutputBytes!, this.#config.maxLogBytesPerExec),
-        onStdout: (chunk) => {
-          log.push('stdout', chunk);
-          this.#emit({
-            type: 'exec.output',
-            tenant: caller.tenant,
-            sandboxId,
-            execId,
-            stream: 'stdout',
-            data: chunk,
-          });
-        },
-        onStderr: (chunk) => {
-          log.push('stderr', chunk);
-          this.#emit({
-            type: 'exec.output',
-            tenant: caller.tenant,
-            sandboxId,
-            execId,
-            stream: 'stderr',
-            data: chunk,
-          });
-        },
-      });
+      const release = this.#slots.acquireRunning(caller);
+      try {
+        await this.#auditStart(caller, sandboxId, execId, text, body, true);
+        record.handle = await this.#runtime.exec(sandboxId, {
+          ...request,
+          // The log keeps the output; the engine's copy would only duplicate it in memory.
+          maxOutputBytes: Math.min(request.maxOutputBytes!, this.#config.maxLogBytesPerExec),
+          onStdout: (chunk) => {
+            log.push('stdout', chunk);
+            this.#emit({
+              type: 'exec.output',
+              tenant: caller.tenant,
+              sandboxId,
+              execId,
+              stream: 'stdout',
+              data: chunk,
+            });
+          },
+          onStderr: (chunk) => {
+            log.push('stderr', chunk);
+            this.#emit({
+              type: 'exec.output',
+              tenant: caller.tenant,
+              sandboxId,
+              execId,
+              stream: 'stderr',
+              data: chunk,
+            });
+          },
+        });
+      } catch (err) {
+        release();
+        throw err;
+      }
       record.startedAt = new Date();
       this.#emit({
         type: 'exec.start',
@@ -456,6 +500,7 @@ export class ExecService {
       });
       void record.handle.done.then(
         async (result) => {
+          release();
           const { stdout: _o, stderr: _e, ...meta } = result;
           record.result = meta;
           record.endedAt = new Date();
@@ -463,6 +508,7 @@ export class ExecService {
           await this.#auditEnd(caller, sandboxId, execId, meta).catch(() => undefined);
         },
         () => {
+          release();
           record.endedAt = new Date();
         },
       );

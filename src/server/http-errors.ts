@@ -22,11 +22,15 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   NOT_FOUND: 404,
   SANDBOX_NOT_FOUND: 404,
   EXEC_NOT_FOUND: 404,
+  // The caller's argv or cwd names nothing runnable inside the sandbox: the message (stage and
+  // errno text) is written for the caller and holds no host detail.
+  EXEC_START_FAILED: 400,
   SANDBOX_NOT_RUNNING: 409,
   CONFLICT: 409,
   PAYLOAD_TOO_LARGE: 413,
   RATE_LIMITED: 429,
   SANDBOX_LIMIT_REACHED: 429,
+  EXEC_LIMIT_REACHED: 429,
   REQUIREMENT_MISSING: 503,
 };
 

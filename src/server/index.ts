@@ -17,6 +17,9 @@ export {
 } from './network.js';
 export {
   resolveConfig,
+  opsConfigFromFlags,
+  OPS_FLAG_OPTIONS,
+  OPS_FLAGS_USAGE,
   isLoopbackHost,
   DEFAULT_CONFIG,
   type ServerConfig,

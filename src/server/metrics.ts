@@ -74,6 +74,10 @@ export class Metrics {
   readonly rateLimitHits = new LabeledCounter();
   readonly breakerTrips = new LabeledCounter();
   readonly kills = new LabeledCounter();
+  /** Operator policy reloads by result (reloaded, unchanged, failed). */
+  readonly policyReloads = new LabeledCounter();
+  /** 1 while the policy file on disk could not be loaded (the previous policy is in force). */
+  policyReloadFailing = 0;
 
   execEnded(outcome: ExecOutcome, durationMs?: number): void {
     this.execs.inc(outcome);
@@ -121,6 +125,19 @@ export class Metrics {
     family('palisade_kill_switch_events_total', 'counter', 'Kill switch engagements and releases.');
     for (const [event, n] of this.kills.entries())
       out.push(`palisade_kill_switch_events_total{event="${event}"} ${n}`);
+    family(
+      'palisade_policy_reloads_total',
+      'counter',
+      'Operator policy file reloads by result (reloaded, unchanged, failed).',
+    );
+    for (const [result, n] of this.policyReloads.entries())
+      out.push(`palisade_policy_reloads_total{result="${result}"} ${n}`);
+    family(
+      'palisade_policy_reload_failing',
+      'gauge',
+      '1 while the policy file cannot be loaded and the previous policy stays in force.',
+    );
+    out.push(`palisade_policy_reload_failing ${this.policyReloadFailing}`);
     family('palisade_breaker_trips_total', 'counter', 'Sandboxes frozen by the circuit breaker.');
     out.push(`palisade_breaker_trips_total ${this.breakerTrips.get('trip')}`);
     return `${out.join('\n')}\n`;

@@ -5,7 +5,7 @@
  */
 import type { AuditLog } from '../audit/index.js';
 import type { EgressEvent, EgressEventSink, EgressGateway, EgressStats } from '../egress/index.js';
-import { PalisadeError } from '../errors/index.js';
+import { isPalisadeError, PalisadeError } from '../errors/index.js';
 import {
   cidrContains,
   classifyIp,
@@ -201,8 +201,13 @@ export class SandboxNetworks {
     return this.#live.has(sandboxId);
   }
 
-  /** Replaces the sandbox layer's rules live: new connections follow them, now-denied ones are cut. */
-  update(sandboxId: string, rules: EgressPolicy): void {
+  /**
+   * Replaces the sandbox layer's rules live: new connections follow them, now-denied ones are
+   * cut. Resolves once the gateway has them in force (in split mode: once the supervisor
+   * confirmed); the rules shown by view() change only then. If the gateway refuses, the
+   * previous rules stay in force and shown, and the refusal is thrown.
+   */
+  async update(sandboxId: string, rules: EgressPolicy): Promise<void> {
     const live = this.#live.get(sandboxId);
     if (!live) {
       throw new PalisadeError(
@@ -212,8 +217,15 @@ export class SandboxNetworks {
     }
     this.#combiner.assertWithinBounds(rules, 'network');
     const effective = this.#combiner.effective(rules);
-    this.#gateway.updatePolicy(sandboxId, effective);
-    this.#live.set(sandboxId, { ...live, rules, effective });
+    try {
+      await this.#gateway.updatePolicy(sandboxId, effective);
+    } catch (err) {
+      throw refusal(err);
+    }
+    // Released (sandbox ended) while the update was on its way: nothing to show any more.
+    if (this.#live.get(sandboxId) === live) {
+      this.#live.set(sandboxId, { ...live, rules, effective });
+    }
   }
 
   view(sandboxId: string): NetworkView {
@@ -237,6 +249,30 @@ export class SandboxNetworks {
     };
   }
 }
+
+/**
+ * A gateway's refusal of new rules, said in the caller's terms. Errors written for callers
+ * (4xx codes) keep their code and text; anything else stays as it is (the HTTP layer turns it
+ * into a generic 500 with a request id).
+ */
+function refusal(err: unknown): unknown {
+  if (!isPalisadeError(err) || !CALLER_CODES.has(err.code)) return err;
+  return new PalisadeError(
+    err.code,
+    `The egress gateway refused the new network rules, so the previous rules stay in force: ${err.message}`,
+    { ...err.details, previousRulesInForce: true },
+    { cause: err },
+  );
+}
+
+const CALLER_CODES = new Set<string>([
+  'INVALID_POLICY',
+  'INVALID_ARGUMENT',
+  'CONFLICT',
+  'SANDBOX_NOT_FOUND',
+  'SANDBOX_NOT_RUNNING',
+  'QUOTA_EXCEEDED',
+]);
 
 /**
  * Appends every gateway decision to the audit log (`egress.allow` / `egress.deny`). The gateway
@@ -290,6 +326,17 @@ export class EgressAuditSink implements EgressEventSink {
     }
     this.#track(this.#writeMarker());
     this.#track(this.#write(event));
+  }
+
+  /**
+   * Events lost before they reached this sink (e.g. dropped by the privilege-separated
+   * supervisor while the worker was behind): counted and recorded like the sink's own drops.
+   */
+  recordDropped(count: number): void {
+    if (!Number.isSafeInteger(count) || count <= 0) return;
+    this.#dropped += count;
+    this.#droppedTotal += count;
+    if (this.#pending < this.#maxPending) this.#track(this.#writeMarker());
   }
 
   /** Waits for appends in flight, then records any dropped events still uncounted. */

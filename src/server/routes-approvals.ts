@@ -43,7 +43,8 @@ export function registerApprovalRoutes(app: App, approvals: ApprovalService, hub
         access: {
           scope: 'approvals:write',
           category: 'read',
-          summary: "Pending approvals of the caller's tenant (commands the policy marked ask)",
+          summary:
+            "Pending approvals of the caller's tenant (commands and file actions the policy marked ask)",
         },
       },
       schema: { querystring: EMPTY_QUERY },
@@ -61,8 +62,8 @@ export function registerApprovalRoutes(app: App, approvals: ApprovalService, hub
             category: 'write',
             summary:
               decision === 'approve'
-                ? 'Approve a pending command (it then runs); 409 if already decided'
-                : 'Deny a pending command (its caller gets 403 with the reason); 409 if already decided',
+                ? 'Approve a pending command or file action (it then runs); 409 if already decided'
+                : 'Deny a pending command or file action (its caller gets 403 with the reason); 409 if already decided',
           },
         },
         schema: { params: APPROVAL_PARAMS, querystring: EMPTY_QUERY, body: DECISION_BODY },
@@ -127,6 +128,8 @@ export function registerApprovalRoutes(app: App, approvals: ApprovalService, hub
         'x-accel-buffering': 'no',
         connection: 'keep-alive',
       });
+      // Send the headers now: with nothing pending, the first event could be minutes away.
+      raw.flushHeaders();
       const write = (text: string) => {
         if (raw.destroyed) return;
         // A reader that does not keep up is cut off; it reconnects and gets the pending list again.

@@ -17,6 +17,7 @@ import {
 } from '../sandbox/index.js';
 import { principalOf, sendError, type App } from './app.js';
 import type { ServerConfig } from './config.js';
+import { outcomeError } from './approvals.js';
 import type { Caller } from './executions.js';
 import type { ExecPolicyDecision } from './policy-hook.js';
 
@@ -33,6 +34,14 @@ const PATH_FIELD = { type: 'string', minLength: 1, maxLength: 4096 } as const;
 const PATH_QUERY = { type: 'string', minLength: 1, maxLength: 3 * 4096 } as const;
 const BOOL_QUERY = { type: 'string', enum: ['true', 'false'] } as const;
 const MAX_SYMLINK_HOPS = 16;
+/**
+ * While an upload waits for a human approval, up to this much of its body is read into memory so
+ * the request completes (Node's requestTimeout only stops counting once the whole request has
+ * arrived); the rest waits in the socket under TCP flow control.
+ */
+const MAX_HELD_UPLOAD_BYTES = 1024 * 1024;
+/** All uploads waiting for approval together hold at most this much memory. */
+const MAX_HELD_UPLOADS_TOTAL_BYTES = 64 * 1024 * 1024;
 
 /** Status of the files errors (the app's table covers the rest). */
 const FILE_STATUS: Partial<Record<ErrorCode, number>> = {
@@ -200,8 +209,86 @@ export function parseRange(header: string, size: number): ByteRange {
   return { start, end };
 }
 
+/**
+ * The abort signal of an in-process request (`fastify.inject`, used by MCP over /mcp), which
+ * light-my-request keeps on the raw request. Its aborts do not close the injected response once
+ * the body was read, so the route listens to the signal itself. Undefined for socket requests.
+ */
+function inProcessSignal(request: FastifyRequest): AbortSignal | undefined {
+  const raw = request.raw as { _lightMyRequest?: { signal?: unknown } };
+  const signal = raw._lightMyRequest?.signal;
+  return signal instanceof AbortSignal ? signal : undefined;
+}
+
+/** How a file action waits for a human approval when the policy asks. */
+interface ApprovalWait {
+  /** One line for the approver: what will happen (`Write /workspace/a.txt`). */
+  action: string;
+  /** Aborted when the client goes away: the approval is cancelled. */
+  signal: AbortSignal;
+  /** Called once the approval is pending (before the wait). */
+  onPending?: () => void;
+}
+
+/** Memory held by uploads waiting for approval, shared by all of them (one per server). */
+interface HeldUploads {
+  bytes: number;
+}
+
+/**
+ * Reads an upload body while its approval is pending, at most `cap` bytes and only while the
+ * shared budget lasts, so that a small or medium upload arrives completely and is not cut by the
+ * server's request timeout. `data()` then yields the held chunks followed by the rest.
+ */
+function holdUpload(source: AsyncIterator<Uint8Array>, cap: number, held: HeldUploads) {
+  const chunks: Uint8Array[] = [];
+  let bytes = 0;
+  let ended = false;
+  let failure: unknown;
+  let stopped = false;
+  const loop = (async () => {
+    try {
+      while (!stopped && bytes < cap && held.bytes < MAX_HELD_UPLOADS_TOTAL_BYTES) {
+        const next = await source.next();
+        if (next.done) {
+          ended = true;
+          return;
+        }
+        chunks.push(next.value);
+        bytes += next.value.length;
+        held.bytes += next.value.length;
+      }
+    } catch (err) {
+      failure = err;
+    }
+  })();
+  return {
+    /** Stops reading ahead (after the chunk being read, if any). */
+    async stop(): Promise<void> {
+      stopped = true;
+      await loop;
+    },
+    /** Gives the held memory back once the loop is done (never blocks the caller). */
+    release(): void {
+      stopped = true;
+      void loop.then(() => {
+        held.bytes -= bytes;
+        bytes = 0;
+        chunks.length = 0;
+      });
+    },
+    async *data(): AsyncGenerator<Uint8Array> {
+      for (let chunk = chunks.shift(); chunk !== undefined; chunk = chunks.shift()) yield chunk;
+      if (failure !== undefined) throw failure;
+      if (ended) return;
+      for (let next = await source.next(); !next.done; next = await source.next()) yield next.value;
+    },
+  };
+}
+
 export function registerFileRoutes(app: App, config: ServerConfig, runtime: SandboxRuntime): void {
-  const { sandboxes, audit } = app;
+  const { sandboxes, audit, approvals } = app;
+  const heldUploads: HeldUploads = { bytes: 0 };
   const limits = config.files;
   const files: SandboxFiles = createSandboxFiles(runtime, {
     maxReadBytes: limits.maxReadBytes,
@@ -219,16 +306,20 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
   }
 
   /**
-   * Checks one file action against the sandbox's permission policy (its own layer, else the
-   * operator's), audits the decision and refuses deny and ask. No policy: allowed.
+   * Checks a file action against the sandbox's permission policy (its own layer, else the
+   * operator's) and audits each decision. Deny refuses at once. Ask waits for one human approval
+   * covering the whole action (every check that asked): approved, it returns the approval id;
+   * denied, expired or cancelled (the client went away), it throws. No policy: allowed.
    */
   async function authorize(
     caller: Caller,
     id: string,
     checks: Array<{ tool: FileTool; path: Buffer }>,
-  ): Promise<void> {
+    wait: ApprovalWait,
+  ): Promise<string | null> {
     const policy = sandboxes.policyFor(id) as FilePolicy | undefined;
-    if (!policy) return;
+    if (!policy) return null;
+    const asked: Array<{ tool: FileTool; path: Buffer; reason: string }> = [];
     for (const { tool, path } of checks) {
       const shown = text(path);
       const decision = await policy.decide({ tool, path: shown });
@@ -251,14 +342,44 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
           { decision: 'deny', reason: decision.reason, tool },
         );
       }
-      if (decision.decision === 'ask') {
-        throw new PalisadeError(
-          'POLICY_ASK',
-          `The permission policy requires human approval for ${tool} on ${JSON.stringify(shown)} (${decision.reason}); approvals are not available in this version, so nothing was done.`,
-          { decision: 'ask', reason: decision.reason, tool },
-        );
-      }
+      if (decision.decision === 'ask') asked.push({ tool, path, reason: decision.reason });
     }
+    const first = asked[0];
+    if (!first) return null;
+    const { view, outcome } = await approvals.request({
+      tenant: caller.tenant,
+      sandboxId: id,
+      keyId: caller.keyId,
+      tool: first.tool,
+      path: text(first.path),
+      command: wait.action,
+      policyReason: [...new Set(asked.map((a) => `${a.tool}: ${a.reason}`))].join('; '),
+      signal: wait.signal,
+    });
+    wait.onPending?.();
+    const result = await outcome;
+    if (result.status !== 'approved') {
+      throw outcomeError(view.id, result, approvals.config.timeoutMs, 'file action');
+    }
+    return view.id;
+  }
+
+  /** Audits a read-only action that needed (and got) a human approval. */
+  async function auditApprovedRead(
+    caller: Caller,
+    id: string,
+    type: string,
+    approvalId: string | null,
+    data: Record<string, unknown>,
+  ): Promise<void> {
+    if (approvalId === null) return;
+    await audit.append({
+      type,
+      tenant: caller.tenant,
+      sandboxId: id,
+      actor: caller.keyId,
+      data: { ...data, approvalId },
+    });
   }
 
   /** True if a path may be shown (search results): only an explicit allow, no audit entry. */
@@ -322,13 +443,32 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
     );
   }
 
+  /**
+   * Wraps a route: errors become JSON error responses, and `signal` aborts when the client goes
+   * away before the response is complete (which cancels a pending approval), or when an
+   * in-process caller (MCP over /mcp) aborts its request.
+   */
   const handle =
-    (run: (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>) =>
+    (
+      run: (request: FastifyRequest, reply: FastifyReply, signal: AbortSignal) => Promise<unknown>,
+    ) =>
     async (request: FastifyRequest, reply: FastifyReply): Promise<unknown> => {
+      const abort = new AbortController();
+      const onClose = () => {
+        if (!reply.raw.writableFinished) abort.abort();
+      };
+      reply.raw.on('close', onClose);
+      const inProcess = inProcessSignal(request);
+      const onInProcessAbort = () => abort.abort();
+      if (inProcess?.aborted) abort.abort();
+      inProcess?.addEventListener('abort', onInProcessAbort, { once: true });
       try {
-        return await run(request, reply);
+        return await run(request, reply, abort.signal);
       } catch (err) {
         return sendFileError(request, reply, err);
+      } finally {
+        reply.raw.off('close', onClose);
+        inProcess?.removeEventListener('abort', onInProcessAbort);
       }
     };
 
@@ -356,13 +496,22 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
         produces: ['application/octet-stream'],
       },
     },
-    handle(async (request, reply) => {
+    handle(async (request, reply, signal) => {
       const { caller, id } = await target(request);
       const path = queryPath(request);
-      await authorize(caller, id, [{ tool: 'Read', path }]);
+      let approvalId = await authorize(caller, id, [{ tool: 'Read', path }], {
+        action: `Read ${text(path)}`,
+        signal,
+      });
       const { st, at } = await statFollowing(id, path);
       // A final symlink is read where it points: that place must be readable by the policy too.
-      if (!at.equals(path)) await authorize(caller, id, [{ tool: 'Read', path: at }]);
+      if (!at.equals(path)) {
+        approvalId =
+          (await authorize(caller, id, [{ tool: 'Read', path: at }], {
+            action: `Read ${text(at)} (the target of the symlink ${text(path)})`,
+            signal,
+          })) ?? approvalId;
+      }
       if (st.type === 'directory') {
         throw new PalisadeError(
           'FILE_IS_A_DIRECTORY',
@@ -386,6 +535,11 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
           { limit: limits.maxReadBytes, size: st.size },
         );
       }
+      await auditApprovedRead(caller, id, 'file.read', approvalId, {
+        ...auditPath(path),
+        offset,
+        length,
+      });
       const name = path.subarray(path.lastIndexOf(0x2f) + 1);
       void reply
         .code(range ? 206 : 200)
@@ -436,7 +590,7 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
           consumes: ['application/octet-stream'],
         },
       },
-      handle(async (request, reply) => {
+      handle(async (request, reply, signal) => {
         const { caller, id } = await target(request);
         const path = queryPath(request);
         const q = request.query as { mode?: string; createOnly?: string };
@@ -450,20 +604,44 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
             { limit: limits.maxWriteBytes },
           );
         }
-        await authorize(caller, id, [{ tool: 'Write', path }]);
         const mode = q.mode === undefined ? undefined : parseInt(q.mode, 8);
         const body = request.body as Readable | undefined;
-        const data: AsyncIterable<Uint8Array> | Uint8Array =
+        // Not destroyed when the engine stops early (limit hit), so the error can be sent.
+        const source =
           body && typeof body.iterator === 'function'
-            ? // Not destroyed when the engine stops early (limit hit), so the error can be sent.
-              body.iterator({ destroyOnReturn: false })
-            : new Uint8Array(0);
+            ? body.iterator({ destroyOnReturn: false })
+            : undefined;
+        let held: ReturnType<typeof holdUpload> | undefined;
         try {
+          const approvalId = await authorize(caller, id, [{ tool: 'Write', path }], {
+            action: `Write ${text(path)}${declared > 0 ? ` (${declared} bytes)` : ''}`,
+            signal,
+            onPending: () => {
+              if (source) {
+                held = holdUpload(
+                  source,
+                  Math.min(MAX_HELD_UPLOAD_BYTES, limits.maxWriteBytes + 1),
+                  heldUploads,
+                );
+              }
+            },
+          });
+          await held?.stop();
+          const data: AsyncIterable<Uint8Array> | Uint8Array = held
+            ? held.data()
+            : source
+              ? { [Symbol.asyncIterator]: () => source }
+              : new Uint8Array(0);
           const { size } = await audited(
             caller,
             id,
             'file.write',
-            { ...auditPath(path), mode: mode ?? null, createOnly: q.createOnly === 'true' },
+            {
+              ...auditPath(path),
+              mode: mode ?? null,
+              createOnly: q.createOnly === 'true',
+              ...(approvalId !== null ? { approvalId } : {}),
+            },
             () =>
               files.write(id, path, data, {
                 ...(mode !== undefined ? { mode } : {}),
@@ -475,6 +653,8 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
         } catch (err) {
           if (body && !body.readableEnded) void reply.header('connection', 'close');
           throw err;
+        } finally {
+          held?.release();
         }
       }),
     );
@@ -498,13 +678,20 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
         },
       },
     },
-    handle(async (request, reply) => {
+    handle(async (request, reply, signal) => {
       const { caller, id } = await target(request);
       const path = queryPath(request);
       const recursive = (request.query as { recursive?: string }).recursive === 'true';
-      await authorize(caller, id, [{ tool: 'Write', path }]);
-      await audited(caller, id, 'file.delete', { ...auditPath(path), recursive }, () =>
-        files.remove(id, path, { recursive }),
+      const approvalId = await authorize(caller, id, [{ tool: 'Write', path }], {
+        action: `Delete ${text(path)}${recursive ? ' (recursively)' : ''}`,
+        signal,
+      });
+      await audited(
+        caller,
+        id,
+        'file.delete',
+        { ...auditPath(path), recursive, ...(approvalId !== null ? { approvalId } : {}) },
+        () => files.remove(id, path, { recursive }),
       );
       return reply.code(204).send();
     }),
@@ -527,11 +714,15 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
         },
       },
     },
-    handle(async (request) => {
+    handle(async (request, _reply, signal) => {
       const { caller, id } = await target(request);
       const path = queryPath(request);
-      await authorize(caller, id, [{ tool: 'LS', path }]);
+      const approvalId = await authorize(caller, id, [{ tool: 'LS', path }], {
+        action: `List ${text(path)}`,
+        signal,
+      });
       const { entries, truncated } = await files.list(id, path);
+      await auditApprovedRead(caller, id, 'file.list', approvalId, auditPath(path));
       return {
         entries: entries.map((e) => ({
           name: e.name,
@@ -563,11 +754,15 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
         },
       },
     },
-    handle(async (request) => {
+    handle(async (request, _reply, signal) => {
       const { caller, id } = await target(request);
       const path = queryPath(request);
-      await authorize(caller, id, [{ tool: 'Read', path }]);
+      const approvalId = await authorize(caller, id, [{ tool: 'Read', path }], {
+        action: `Stat ${text(path)}`,
+        signal,
+      });
       const st = await files.stat(id, path);
+      await auditApprovedRead(caller, id, 'file.stat', approvalId, auditPath(path));
       return {
         path: text(path),
         type: st.type,
@@ -597,14 +792,21 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
         },
       },
     },
-    handle(async (request, reply) => {
+    handle(async (request, reply, signal) => {
       const { caller, id } = await target(request);
       const body = request.body as { path: string; parents?: boolean };
       const path = sandboxPathBytes(body.path);
       const parents = body.parents === true;
-      await authorize(caller, id, [{ tool: 'Write', path }]);
-      await audited(caller, id, 'file.mkdir', { ...auditPath(path), parents }, () =>
-        files.mkdir(id, path, { parents }),
+      const approvalId = await authorize(caller, id, [{ tool: 'Write', path }], {
+        action: `Create directory ${text(path)}${parents ? ' (with parents)' : ''}`,
+        signal,
+      });
+      await audited(
+        caller,
+        id,
+        'file.mkdir',
+        { ...auditPath(path), parents, ...(approvalId !== null ? { approvalId } : {}) },
+        () => files.mkdir(id, path, { parents }),
       );
       return reply.code(201).send({ path: text(path) });
     }),
@@ -628,23 +830,36 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
         },
       },
     },
-    handle(async (request) => {
+    handle(async (request, _reply, signal) => {
       const { caller, id } = await target(request);
       const body = request.body as { from: string; to: string; overwrite?: boolean };
       const from = sandboxPathBytes(body.from, 'from');
       const to = sandboxPathBytes(body.to, 'to');
       const overwrite = body.overwrite === true;
       // Moving makes the source's content appear at the destination: it must be readable too.
-      await authorize(caller, id, [
-        { tool: 'Read', path: from },
-        { tool: 'Write', path: from },
-        { tool: 'Write', path: to },
-      ]);
+      const approvalId = await authorize(
+        caller,
+        id,
+        [
+          { tool: 'Read', path: from },
+          { tool: 'Write', path: from },
+          { tool: 'Write', path: to },
+        ],
+        {
+          action: `Move ${text(from)} to ${text(to)}${overwrite ? ' (overwriting)' : ''}`,
+          signal,
+        },
+      );
       await audited(
         caller,
         id,
         'file.move',
-        { ...auditPath(from, 'from'), ...auditPath(to, 'to'), overwrite },
+        {
+          ...auditPath(from, 'from'),
+          ...auditPath(to, 'to'),
+          overwrite,
+          ...(approvalId !== null ? { approvalId } : {}),
+        },
         () => files.move(id, from, to, { overwrite }),
       );
       return { from: text(from), to: text(to) };
@@ -674,7 +889,7 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
         },
       },
     },
-    handle(async (request) => {
+    handle(async (request, _reply, signal) => {
       const { caller, id } = await target(request);
       const body = request.body as {
         path: string;
@@ -685,10 +900,18 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
       const path = sandboxPathBytes(body.path);
       const replaceAll = body.replaceAll === true;
       // Whether the text occurs is itself a read of the file.
-      await authorize(caller, id, [
-        { tool: 'Read', path },
-        { tool: 'Edit', path },
-      ]);
+      const approvalId = await authorize(
+        caller,
+        id,
+        [
+          { tool: 'Read', path },
+          { tool: 'Edit', path },
+        ],
+        {
+          action: `Edit ${text(path)}: replace ${Buffer.byteLength(body.oldText)} bytes of text with ${Buffer.byteLength(body.newText)} bytes${replaceAll ? ' (every occurrence)' : ''}`,
+          signal,
+        },
+      );
       return audited(
         caller,
         id,
@@ -698,6 +921,7 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
           oldBytes: Buffer.byteLength(body.oldText),
           newBytes: Buffer.byteLength(body.newText),
           replaceAll,
+          ...(approvalId !== null ? { approvalId } : {}),
         },
         () => files.edit(id, path, body.oldText, body.newText, { replaceAll }),
         (r) => ({ replacements: r.replacements }),
@@ -727,11 +951,18 @@ export function registerFileRoutes(app: App, config: ServerConfig, runtime: Sand
         },
       },
     },
-    handle(async (request) => {
+    handle(async (request, _reply, signal) => {
       const { caller, id } = await target(request);
       const body = request.body as { path: string; glob: string; maxResults?: number };
       const dir = sandboxPathBytes(body.path);
-      await authorize(caller, id, [{ tool: 'Glob', path: dir }]);
+      const approvalId = await authorize(caller, id, [{ tool: 'Glob', path: dir }], {
+        action: `Search ${text(dir)} for ${JSON.stringify(body.glob)}`,
+        signal,
+      });
+      await auditApprovedRead(caller, id, 'file.search', approvalId, {
+        ...auditPath(dir),
+        glob: body.glob,
+      });
       const { matches, truncated } = await files.search(id, dir, body.glob, {
         maxResults: body.maxResults ?? Math.min(1000, limits.maxSearchResults),
       });

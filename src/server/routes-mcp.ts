@@ -23,6 +23,8 @@ const SANDBOX_ID = '^sb-[a-z2-7]{20}$';
 const EMPTY_QUERY = { type: 'object', additionalProperties: false, properties: {} } as const;
 /** JSON-RPC messages per POST (the SDK's own bound is larger). */
 const MAX_BATCH = 32;
+/** Bytes a slow reader of a streamed (SSE) MCP response may leave queued before it is cut. */
+const MAX_SSE_BUFFERED_BYTES = 1024 * 1024;
 /** Headers of an in-process API call; anything else from the tool client is dropped. */
 const FORWARDED_HEADERS = new Set(['authorization', 'accept', 'content-type', 'range']);
 
@@ -45,12 +47,26 @@ export function injectFetch(fastify: FastifyInstance): typeof fetch {
       payload = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
     else if (body !== undefined && body !== null)
       throw new TypeError('injectFetch supports string and byte bodies only');
-    const res = await fastify.inject({
+    const signal = init?.signal ?? undefined;
+    // light-my-request keeps the signal on the request (see inProcessSignal in routes-files.ts),
+    // so a route waiting for a human approval sees this caller go away and cancels it.
+    const injected = fastify.inject({
       method: (init?.method ?? 'GET') as 'GET',
       url: url.pathname + url.search,
       headers,
       ...(payload !== undefined ? { payload } : {}),
+      ...(signal ? { signal } : {}),
     });
+    const res = signal
+      ? await new Promise<Awaited<typeof injected>>((resolve, reject) => {
+          const onAbort = () =>
+            reject(new DOMException('The in-process API call was aborted.', 'AbortError'));
+          signal.addEventListener('abort', onAbort, { once: true });
+          injected
+            .then(resolve, reject)
+            .finally(() => signal.removeEventListener('abort', onAbort));
+        })
+      : await injected;
     const out = new Headers();
     for (const [name, value] of Object.entries(res.headers)) {
       if (value === undefined) continue;
@@ -102,6 +118,20 @@ function checkMcpRequest(request: FastifyRequest): void {
   }
 }
 
+/**
+ * True if a request of the body asked for progress (`params._meta.progressToken`): its answer is
+ * then streamed as Server-Sent Events so progress notifications reach the client while the tool
+ * runs (e.g. while a human decides). Everything else gets a plain JSON response.
+ */
+function wantsProgress(body: unknown): boolean {
+  const messages: unknown[] = Array.isArray(body) ? body : [body];
+  return messages.some((m) => {
+    const params = (m as { params?: { _meta?: { progressToken?: unknown } } } | null)?.params;
+    const token = params?._meta?.progressToken;
+    return typeof token === 'string' || typeof token === 'number';
+  });
+}
+
 function identityOf(request: FastifyRequest): McpIdentity {
   const p = principalOf(request);
   return {
@@ -113,24 +143,94 @@ function identityOf(request: FastifyRequest): McpIdentity {
   };
 }
 
+/**
+ * Streamed tool calls in flight, so that a `notifications/cancelled` (which a stateless client
+ * sends in a separate POST) can abort the call it names. Keyed by API key and JSON-RPC id; ids
+ * are chosen by clients, so when two calls of the same key share an id, neither is cancelled
+ * by guesswork. Entries live exactly as long as their stream.
+ */
+class InFlightCalls {
+  readonly #calls = new Map<string, Set<() => void>>();
+
+  add(keyId: string, requestId: string | number, cancel: () => void): () => void {
+    const k = `${keyId}\u0000${typeof requestId}:${requestId}`;
+    let set = this.#calls.get(k);
+    if (!set) this.#calls.set(k, (set = new Set()));
+    set.add(cancel);
+    return () => {
+      set.delete(cancel);
+      if (set.size === 0) this.#calls.delete(k);
+    };
+  }
+
+  cancel(keyId: string, requestId: string | number): void {
+    const set = this.#calls.get(`${keyId}\u0000${typeof requestId}:${requestId}`);
+    if (set?.size === 1) for (const cancel of set) cancel();
+  }
+
+  get size(): number {
+    return this.#calls.size;
+  }
+}
+
+function requestIdsOf(body: unknown): Array<string | number> {
+  const messages: unknown[] = Array.isArray(body) ? body : [body];
+  const ids: Array<string | number> = [];
+  for (const m of messages) {
+    const id = (m as { id?: unknown; method?: unknown } | null)?.id;
+    if (
+      (typeof id === 'string' || typeof id === 'number') &&
+      typeof (m as { method?: unknown }).method === 'string'
+    )
+      ids.push(id);
+  }
+  return ids;
+}
+
+function cancelledIdsOf(body: unknown): Array<string | number> {
+  const messages: unknown[] = Array.isArray(body) ? body : [body];
+  const ids: Array<string | number> = [];
+  for (const m of messages) {
+    const n = m as { method?: unknown; params?: { requestId?: unknown } } | null;
+    const id = n?.params?.requestId;
+    if (
+      n?.method === 'notifications/cancelled' &&
+      (typeof id === 'string' || typeof id === 'number')
+    )
+      ids.push(id);
+  }
+  return ids;
+}
+
 async function handleMcp(
   app: App,
+  inFlight: InFlightCalls,
   request: FastifyRequest,
   reply: FastifyReply,
 ): Promise<FastifyReply> {
   checkMcpRequest(request);
   const identity = identityOf(request);
+  for (const id of cancelledIdsOf(request.body)) inFlight.cancel(identity.keyId, id);
+  const approvalConfig = app.approvals.config;
   const client = new PalisadeClient({
     baseUrl: 'http://127.0.0.1',
     apiKey: bearerKey(request),
     // A rate-limited tool call is reported to the model at once instead of holding the request.
     retries: 0,
+    // In process nothing hangs on a network; a file action held for a human may take the whole
+    // approval window, which bounds it (the MCP client's own cancel still aborts it earlier).
+    timeoutMs: approvalConfig.timeoutMs + 60_000,
     fetch: injectFetch(app.fastify),
     env: {},
   });
   const server = createMcpServer({
     client,
     identity,
+    approvals: {
+      // 1 ms is the operator's way to say "never wait" (config values are positive).
+      waitMs: approvalConfig.mcpWaitMs <= 1 ? 0 : approvalConfig.mcpWaitMs,
+      progressIntervalMs: approvalConfig.mcpProgressIntervalMs,
+    },
     onToolCall: (e) => {
       void app.audit
         .append({
@@ -142,22 +242,50 @@ async function handleMcp(
         .catch((err: unknown) => request.log.error({ err }, 'audit append failed'));
     },
   });
+  const streamed = wantsProgress(request.body);
   // Stateless: no session id is generated, none is accepted.
   const transport = new WebStandardStreamableHTTPServerTransport({
     sessionIdGenerator: undefined,
-    enableJsonResponse: true,
+    enableJsonResponse: !streamed,
   });
   await server.connect(transport);
+  const closeServer = () => server.close().catch(() => undefined);
+  // A later `notifications/cancelled` for one of these requests closes the server, which aborts
+  // the tool call; a JSON-mode caller then gets an empty 202 (a cancelled request has no answer).
+  let cancel!: () => void;
+  const cancelled = new Promise<'cancelled'>((resolve) => {
+    cancel = () => resolve('cancelled');
+  });
+  const removals = requestIdsOf(request.body).map((id) =>
+    inFlight.add(identity.keyId, id, () => {
+      cancel();
+      void closeServer();
+    }),
+  );
+  const unregister = () => {
+    for (const remove of removals) remove();
+  };
+  let closeLater = false;
   try {
     const headers = new Headers();
     for (const name of ['accept', 'content-type', 'mcp-protocol-version']) {
       const value = request.headers[name];
       if (typeof value === 'string') headers.set(name, value);
     }
-    const res = await transport.handleRequest(
-      new Request('http://127.0.0.1/mcp', { method: 'POST', headers }),
-      { parsedBody: request.body },
-    );
+    const res = await Promise.race([
+      transport.handleRequest(new Request('http://127.0.0.1/mcp', { method: 'POST', headers }), {
+        parsedBody: request.body,
+      }),
+      cancelled,
+    ]);
+    if (res === 'cancelled') return reply.code(202).send();
+    if (streamed && res.status < 400 && res.body) {
+      closeLater = true;
+      return streamResponse(reply, res, res.body, async () => {
+        unregister();
+        await closeServer();
+      });
+    }
     const text = await res.text();
     if (res.status >= 400) {
       let detail = 'the request was refused';
@@ -177,12 +305,67 @@ async function handleMcp(
     if (type) void reply.type(type);
     return reply.send(text.length > 0 ? text : undefined);
   } finally {
-    await server.close().catch(() => undefined);
+    if (!closeLater) {
+      unregister();
+      await closeServer();
+    }
   }
+}
+
+/**
+ * Relays the transport's SSE stream (progress notifications, then the response) to the client.
+ * The client going away closes the MCP server, which aborts the tool call (a waiting exec is
+ * interrupted and its approval cancelled). A reader too far behind is cut off.
+ */
+function streamResponse(
+  reply: FastifyReply,
+  res: Response,
+  body: ReadableStream<Uint8Array>,
+  close: () => Promise<void>,
+): FastifyReply {
+  reply.hijack();
+  const raw = reply.raw;
+  raw.writeHead(res.status, {
+    ...(reply.getHeaders() as Record<string, string>),
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-cache, no-transform',
+    'x-accel-buffering': 'no',
+  });
+  raw.flushHeaders();
+  const reader = body.getReader();
+  let finished = false;
+  const finish = () => {
+    if (finished) return;
+    finished = true;
+    void reader.cancel().catch(() => undefined);
+    void close().catch(() => undefined);
+  };
+  raw.once('close', finish);
+  void (async () => {
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        if (raw.destroyed) break;
+        if (raw.writableLength > MAX_SSE_BUFFERED_BYTES) {
+          raw.destroy();
+          break;
+        }
+        raw.write(value);
+      }
+      if (!raw.destroyed) raw.end();
+    } catch {
+      raw.destroy();
+    } finally {
+      finish();
+    }
+  })();
+  return reply;
 }
 
 export function registerMcpRoutes(app: App): void {
   const { fastify, sandboxes } = app;
+  const inFlight = new InFlightCalls();
 
   fastify.post(
     '/mcp',
@@ -203,7 +386,7 @@ export function registerMcpRoutes(app: App): void {
         },
       },
     },
-    async (request, reply) => handleMcp(app, request, reply),
+    async (request, reply) => handleMcp(app, inFlight, request, reply),
   );
 
   // The transport is stateless: there is no server-to-client stream and no session to end.

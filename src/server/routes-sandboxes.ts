@@ -5,7 +5,7 @@ import { principalOf, sendError, type App } from './app.js';
 import { toErrorResponse } from './http-errors.js';
 import type { StreamName } from './chunk-log.js';
 import type { ServerConfig } from './config.js';
-import type { ExecBody } from './executions.js';
+import type { ExecBody, PendingApproval } from './executions.js';
 import type { CreateSandboxBody, NetworkRulesBody } from './sandboxes.js';
 
 const SANDBOX_ID = '^sb-[a-z2-7]{20}$';
@@ -347,9 +347,23 @@ export function registerSandboxRoutes(app: App, config: ServerConfig): void {
           reply.raw.off('close', onClose);
         }
       }
-      return streamExec(request, reply, body, abort, async (callbacks) =>
-        execs.runForeground(caller, id, body, { ...callbacks, signal: abort.signal }),
-      );
+      // Bounded per key: each open stream holds a connection, buffers and possibly a waiting
+      // approval, whatever the command does.
+      let releaseStream: () => void;
+      try {
+        releaseStream = execs.acquireStream(caller);
+      } catch (err) {
+        reply.raw.off('close', onClose);
+        throw err;
+      }
+      try {
+        return await streamExec(request, reply, body, abort, async (callbacks) =>
+          execs.runForeground(caller, id, body, { ...callbacks, signal: abort.signal }),
+        );
+      } finally {
+        releaseStream();
+        reply.raw.off('close', onClose);
+      }
     },
   );
 
@@ -465,12 +479,18 @@ export function registerSandboxRoutes(app: App, config: ServerConfig): void {
 
 type Runner = (callbacks: {
   onStart: (execId: string) => void;
+  onApprovalPending: (pending: PendingApproval) => void;
   onChunk: (stream: StreamName, data: Buffer) => void;
 }) => Promise<{ execId: string; result: ExecResult }>;
 
+/** While an exec waits for a human, a comment line this often keeps proxies from closing the stream. */
+const PENDING_KEEPALIVE_MS = 15_000;
+
 /**
- * Server-Sent Events: `start`, then `stdout`/`stderr` chunks in order, then `exit`. Errors before
- * the command starts are ordinary JSON error responses; the stream opens only once it runs.
+ * Server-Sent Events: `start`, then `stdout`/`stderr` chunks in order, then `exit`. If the policy
+ * asks a human first, `pending` (approval id, exec id, expiry) comes at once, then `start`… once
+ * approved, or an `error` event (denied, expired, cancelled). Other errors before the command
+ * starts are ordinary JSON error responses; the stream opens once it runs or waits.
  * Buffering is bounded by the exec's maxOutputBytes, which caps what the engine delivers.
  */
 async function streamExec(
@@ -486,26 +506,54 @@ async function streamExec(
   let open = false;
   const event = (name: string, data: unknown) =>
     `event: ${name}\ndata: ${JSON.stringify(data)}\n\n`;
+  // Output that arrives before `start` is sent is held back, so `start` always comes first.
+  let started = false;
   const write = (text: string) => {
-    if (!open) pending.push(text);
+    if (!started) pending.push(text);
     else if (!reply.raw.destroyed) reply.raw.write(text);
   };
   const chunkEvent = (stream: StreamName, data: Buffer) => {
     const text = base64 ? data.toString('base64') : decoders[stream].write(data);
     if (text.length > 0) write(event(stream, { data: text }));
   };
+  let keepalive: NodeJS.Timeout | undefined;
+  const stopKeepalive = () => {
+    if (keepalive !== undefined) clearInterval(keepalive);
+    keepalive = undefined;
+  };
+  const openStream = () => {
+    if (open) return;
+    reply.hijack();
+    reply.raw.writeHead(200, {
+      ...(reply.getHeaders() as Record<string, string>),
+      'content-type': 'text/event-stream; charset=utf-8',
+      'x-accel-buffering': 'no',
+      connection: 'keep-alive',
+    });
+    open = true;
+  };
   try {
     const { execId, result } = await run({
+      onApprovalPending: (waiting) => {
+        openStream();
+        reply.raw.write(
+          event('pending', {
+            approvalId: waiting.approvalId,
+            execId: waiting.execId,
+            expiresAt: waiting.expiresAt,
+            policyReason: waiting.policyReason,
+          }),
+        );
+        keepalive = setInterval(() => {
+          if (!reply.raw.destroyed) reply.raw.write(': waiting for approval\n\n');
+        }, PENDING_KEEPALIVE_MS);
+        keepalive.unref();
+      },
       onStart: (execId) => {
-        reply.hijack();
-        reply.raw.writeHead(200, {
-          ...(reply.getHeaders() as Record<string, string>),
-          'content-type': 'text/event-stream; charset=utf-8',
-          'x-accel-buffering': 'no',
-          connection: 'keep-alive',
-        });
-        open = true;
+        stopKeepalive();
+        openStream();
         reply.raw.write(event('start', { execId }));
+        started = true;
         for (const text of pending.splice(0)) reply.raw.write(text);
       },
       onChunk: chunkEvent,
@@ -538,6 +586,7 @@ async function streamExec(
     abort.abort();
     return undefined;
   } finally {
+    stopKeepalive();
     if (!reply.raw.writableEnded && abort.signal.aborted) reply.raw.destroy();
   }
 }

@@ -103,6 +103,7 @@ export class SandboxService {
   readonly #unsubscribe: () => void;
   readonly #policyLayers: PolicyLayer[];
   readonly #basePolicy: ExecPolicy | undefined;
+  readonly #operatorPolicy: { layers(): PolicyLayer[]; readonly generation: number } | undefined;
   /** Policy engines of live sandboxes that have their own layer; removed when they end. */
   readonly #policies = new Map<string, ExecPolicy>();
   /** The egress gateway's per-sandbox side; undefined when the server runs without a gateway. */
@@ -122,6 +123,8 @@ export class SandboxService {
     maxTimeoutMs: number;
     policyLayers?: PolicyLayer[];
     basePolicy?: ExecPolicy;
+    /** The reloadable operator policy: sandbox layers are rebuilt on it after each reload. */
+    operatorPolicy?: { layers(): PolicyLayer[]; readonly generation: number };
     networks?: SandboxNetworks;
     guard?: SandboxGuard;
   }) {
@@ -129,6 +132,7 @@ export class SandboxService {
     this.#networks = options.networks;
     this.#policyLayers = options.policyLayers ?? [];
     this.#basePolicy = options.basePolicy;
+    this.#operatorPolicy = options.operatorPolicy;
     this.#runtime = options.runtime;
     this.#db = options.db;
     this.#audit = options.audit;
@@ -223,7 +227,7 @@ export class SandboxService {
           source,
           'sandbox',
         );
-        policy = await createPolicyEngine({ layers: [...this.#policyLayers, permissionsOnly] });
+        policy = await this.#sandboxPolicy(permissionsOnly);
       }
     }
     await this.#guard?.assertAllowed({ tenant: caller.tenant, labels }, 'create');
@@ -292,6 +296,30 @@ export class SandboxService {
     } finally {
       this.#release(caller.tenant, memory);
     }
+  }
+
+  /**
+   * A sandbox's own layer on top of the operator's policy in force: rebuilt on the first
+   * decision after an operator policy reload, so a reload reaches these sandboxes too.
+   */
+  async #sandboxPolicy(own: PolicyLayer): Promise<ExecPolicy> {
+    const build = () =>
+      createPolicyEngine({
+        layers: [...(this.#operatorPolicy?.layers() ?? this.#policyLayers), own],
+      });
+    let generation = this.#operatorPolicy?.generation ?? 0;
+    let engine = build();
+    await engine;
+    return {
+      decide: async (action) => {
+        const now = this.#operatorPolicy?.generation ?? 0;
+        if (now !== generation) {
+          generation = now;
+          engine = build();
+        }
+        return (await engine).decide(action);
+      },
+    };
   }
 
   async #reserve(tenant: string, memory: number): Promise<void> {
@@ -574,7 +602,8 @@ export class SandboxService {
       );
     }
     const previous = this.#networks.view(id).rules;
-    this.#networks.update(id, rules);
+    // Awaited end to end: the answer (and the stored rules) follow only rules in force.
+    await this.#networks.update(id, rules);
     const text = { allow: body.allow ?? [], deny: body.deny ?? [] };
     const stored = row.policy ? (JSON.parse(row.policy) as Record<string, unknown>) : {};
     await this.#db

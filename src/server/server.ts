@@ -4,7 +4,13 @@ import { openStore, type Store } from '../store/index.js';
 import type { SandboxRuntime } from '../sandbox/types.js';
 import { buildApp, type App, type EgressOptions } from './app.js';
 import { resolveConfig, type ServerConfig, type ServerConfigInput } from './config.js';
-import { createPolicyEngine, type PolicyLayer } from '../policy/index.js';
+import type { PolicyLayer } from '../policy/index.js';
+import {
+  OperatorPolicy,
+  withTenantVisibleSource,
+  type PolicyReloadResult,
+  type PolicyStatus,
+} from './operator-policy.js';
 
 export interface ControlPlane {
   readonly app: App;
@@ -14,6 +20,18 @@ export interface ControlPlane {
   readonly url: string;
   /** The admin key if this start created it (first start of the data directory), else undefined. */
   readonly adminKey: string | undefined;
+  /**
+   * Replaces the operator policy with new file content (or records that the file could not be
+   * read): valid content takes effect for every later decision; invalid content is refused and
+   * the old policy stays. Audited (policy.reload / policy.reload_failed), logged and counted.
+   */
+  reloadPolicy(input: {
+    source: string;
+    text?: string;
+    error?: string;
+  }): Promise<PolicyReloadResult>;
+  /** The operator policy in force; undefined when serve runs without --policy. */
+  policyStatus(): PolicyStatus | undefined;
   /** Stops listening; destroys live sandboxes unless `keepSandboxes`; closes the database. */
   close(options?: { keepSandboxes?: boolean }): Promise<void>;
 }
@@ -27,14 +45,18 @@ export interface StartOptions {
    * except in sandboxes created with their own policy layer.
    */
   policyLayers?: PolicyLayer[];
+  /** The operator policy file's text, so reloads can tell real changes by hash. */
+  operatorPolicyText?: string;
   /**
    * Egress gateway settings (the gateway itself always runs; its sockets live in
    * `<dataDir>/egress`). Tests inject a resolver and a connect guard here.
    */
   egress?: Omit<EgressOptions, 'socketDir'>;
   /**
-   * false: run without the egress gateway (sandbox network sections are refused). The
-   * privilege-separated worker uses this: it cannot chown proxy sockets. @default true
+   * false: run without any egress gateway (sandbox network sections are refused with 400). No
+   * shipped mode uses it: the privilege-separated worker keeps the gateway but passes
+   * `egress.createGateway` (the supervisor's gateway over its socket, which runs as root and can
+   * chown the proxy sockets). @default true
    */
   egressGateway?: boolean;
 }
@@ -45,9 +67,11 @@ export interface StartOptions {
  */
 export async function startControlPlane(options: StartOptions): Promise<ControlPlane> {
   const config = resolveConfig(options.config);
-  const policyLayers = options.policyLayers ?? [];
+  const policyLayers = (options.policyLayers ?? []).map(withTenantVisibleSource);
   const basePolicy =
-    policyLayers.length > 0 ? await createPolicyEngine({ layers: policyLayers }) : undefined;
+    policyLayers.length > 0
+      ? await OperatorPolicy.create(policyLayers, options.operatorPolicyText)
+      : undefined;
   const store = await openStore({ dataDir: config.dataDir });
   // Traversable but not listable: the engine's state usually lives below the data directory and
   // sandbox uids must reach it; the database files themselves are owner-only (0600).
@@ -63,7 +87,7 @@ export async function startControlPlane(options: StartOptions): Promise<ControlP
       store,
       runtime: options.runtime,
       policyLayers,
-      ...(basePolicy ? { basePolicy } : {}),
+      ...(basePolicy ? { basePolicy, operatorPolicy: basePolicy } : {}),
       ...(options.egressGateway === false
         ? {}
         : { egress: { ...options.egress, socketDir: egressDir } }),
@@ -109,6 +133,42 @@ export async function startControlPlane(options: StartOptions): Promise<ControlP
       store,
       url,
       adminKey,
+      async reloadPolicy(input) {
+        if (!basePolicy) {
+          return {
+            status: 'failed',
+            sha256: null,
+            generation: 0,
+            error: 'palisade serve was started without --policy; there is no policy to reload',
+          };
+        }
+        const result = await basePolicy.reload(input);
+        const { metrics, fastify, audit } = started;
+        metrics.policyReloads.inc(result.status);
+        metrics.policyReloadFailing = result.status === 'failed' ? 1 : 0;
+        if (result.status === 'reloaded') {
+          fastify.log.info({ source: input.source, sha256: result.sha256 }, 'policy reloaded');
+          await audit.append({
+            type: 'policy.reload',
+            actor: 'system',
+            data: { source: input.source, sha256: result.sha256, generation: result.generation },
+          });
+        } else if (result.status === 'failed') {
+          fastify.log.error(
+            { source: input.source, sha256: result.sha256, error: result.error },
+            'policy reload refused; the previous policy stays in force',
+          );
+          await audit.append({
+            type: 'policy.reload_failed',
+            actor: 'system',
+            data: { source: input.source, sha256: result.sha256, error: result.error },
+          });
+        } else {
+          fastify.log.info({ source: input.source, sha256: result.sha256 }, 'policy unchanged');
+        }
+        return result;
+      },
+      policyStatus: () => basePolicy?.status(),
       async close(closeOptions = {}) {
         if (closed) return;
         closed = true;

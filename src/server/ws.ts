@@ -80,11 +80,29 @@ export interface WsStats {
   droppedMessages: number;
   /** Connections closed for being too slow or not answering pings. */
   slowDisconnects: number;
+  /** Subscriptions held by open connections (sandbox and exec). */
+  subscriptions: number;
+  /** Pending or running executions the hub knows the owner of (what exec subscriptions may name). */
+  trackedExecs: number;
+}
+
+/** Owner of an execution the hub has seen start (or wait for approval) and not yet end. */
+export interface ExecOwner {
+  tenant: string;
+  sandboxId: string;
 }
 
 /**
- * Routes exec, sandbox and approval events to WebSocket connections. Each connection gets only
- * what it subscribed to, and only events of its own tenant. Every connection's queue is bounded
+ * Live executions tracked for subscribe-time checks. An entry leaves when its exec ends; entries
+ * whose end is never announced (a foreground exec denied at approval) are evicted oldest first.
+ */
+export const MAX_TRACKED_EXECS = 16_384;
+
+/**
+ * Routes exec, sandbox and approval events to WebSocket connections. Subscriptions are checked
+ * when made (the sandbox or execution must be visible to the key) and indexed by target, so an
+ * event goes straight to the connections subscribed to its sandbox or execution; the tenant is
+ * compared again on delivery as defense in depth. Every connection's queue is bounded
  * (`maxBufferedBytes`): over it, messages are dropped and counted, and a client that stays over
  * it for `stallTimeoutMs` (or stops answering pings) is disconnected.
  */
@@ -97,6 +115,9 @@ export class StreamHub {
   #nextId = 1;
   #droppedTotal = 0;
   #slowDisconnects = 0;
+  readonly #bySandbox = new Map<string, Set<Connection>>();
+  readonly #byExec = new Map<string, Set<Connection>>();
+  readonly #execOwners = new Map<string, ExecOwner>();
 
   constructor(config: WsConfig) {
     this.#config = config;
@@ -114,7 +135,59 @@ export class StreamHub {
       maxBufferedBytes: maxBuffered,
       droppedMessages: this.#droppedTotal,
       slowDisconnects: this.#slowDisconnects,
+      subscriptions: countMembers(this.#bySandbox) + countMembers(this.#byExec),
+      trackedExecs: this.#execOwners.size,
     };
+  }
+
+  /** Who owns a pending or running execution, if the hub has seen it and it has not ended. */
+  execOwner(execId: string): ExecOwner | undefined {
+    return this.#execOwners.get(execId);
+  }
+
+  subscribeSandbox(conn: Connection, sandboxId: string): void {
+    conn.sandboxes.add(sandboxId);
+    addMember(this.#bySandbox, sandboxId, conn);
+  }
+
+  subscribeExec(conn: Connection, execId: string): void {
+    conn.execs.add(execId);
+    addMember(this.#byExec, execId, conn);
+  }
+
+  unsubscribeSandbox(conn: Connection, sandboxId: string): void {
+    conn.sandboxes.delete(sandboxId);
+    removeMember(this.#bySandbox, sandboxId, conn);
+  }
+
+  unsubscribeExec(conn: Connection, execId: string): void {
+    conn.execs.delete(execId);
+    removeMember(this.#byExec, execId, conn);
+  }
+
+  #forget(conn: Connection): void {
+    for (const id of conn.sandboxes) removeMember(this.#bySandbox, id, conn);
+    for (const id of conn.execs) removeMember(this.#byExec, id, conn);
+    conn.sandboxes.clear();
+    conn.execs.clear();
+  }
+
+  #trackExec(execId: string, owner: ExecOwner): void {
+    if (this.#execOwners.has(execId)) return;
+    if (this.#execOwners.size >= MAX_TRACKED_EXECS) {
+      const oldest = this.#execOwners.keys().next();
+      if (!oldest.done) this.#execOwners.delete(oldest.value);
+    }
+    this.#execOwners.set(execId, owner);
+  }
+
+  /** The exec ended: nothing more will come for it, so its subscriptions are released. */
+  #endExec(execId: string): void {
+    this.#execOwners.delete(execId);
+    const subscribers = this.#byExec.get(execId);
+    if (!subscribers) return;
+    this.#byExec.delete(execId);
+    for (const conn of subscribers) conn.execs.delete(execId);
   }
 
   /** Reserves a slot for a key; returns a release function, or a reason it is refused. */
@@ -156,6 +229,7 @@ export class StreamHub {
     // The slot stays counted per key; only the "reserved, not yet connected" count moves.
     this.#reserved--;
     ws.once('close', () => {
+      this.#forget(conn);
       this.#connections.delete(conn);
       this.#reserved++;
       release();
@@ -232,37 +306,54 @@ export class StreamHub {
     }
   }
 
+  /** Connections subscribed to the sandbox or to the exec (each once). */
+  #targets(sandboxId: string, execId: string | null): Set<Connection> {
+    const out = new Set<Connection>(this.#bySandbox.get(sandboxId));
+    const forExec = execId !== null ? this.#byExec.get(execId) : undefined;
+    if (forExec) for (const conn of forExec) out.add(conn);
+    return out;
+  }
+
   publishExec(event: ExecEvent): void {
-    if (this.#connections.size === 0) return;
+    const ended = event.type === 'exec.exit' || event.type === 'exec.not_run';
+    if (!ended) this.#trackExec(event.execId, { tenant: event.tenant, sandboxId: event.sandboxId });
     let message: Record<string, unknown> | undefined;
-    for (const conn of this.#connections) {
+    for (const conn of this.#targets(event.sandboxId, event.execId)) {
+      // Subscriptions were checked when made; a tenant mismatch here would be a routing bug.
       if (conn.principal.tenant !== event.tenant) continue;
-      if (!conn.execs.has(event.execId) && !conn.sandboxes.has(event.sandboxId)) continue;
       message ??= execMessage(event);
       this.send(conn, message);
     }
+    if (ended) this.#endExec(event.execId);
   }
 
   /** Engine state changes carry no tenant: a sandbox subscription was tenant-checked when made. */
   publishState(info: SandboxInfo): void {
-    let message: Record<string, unknown> | undefined;
-    for (const conn of this.#connections) {
-      if (!conn.sandboxes.has(info.id)) continue;
-      message ??= {
-        type: 'sandbox.state',
-        sandboxId: info.id,
-        state: info.state,
-        reason: info.reason,
-      };
-      this.send(conn, message);
-    }
+    const subscribers = this.#bySandbox.get(info.id);
+    if (!subscribers) return;
+    const message = {
+      type: 'sandbox.state',
+      sandboxId: info.id,
+      state: info.state,
+      reason: info.reason,
+    };
+    for (const conn of subscribers) this.send(conn, message);
   }
 
   publishApproval(event: ApprovalEvent): void {
-    for (const conn of this.#connections) {
+    const a = event.approval;
+    // An exec waiting for approval can be subscribed to by id before it starts.
+    // execId is null for a file action's approval: only its sandbox's subscribers hear of it.
+    if (a.execId === null) {
+      // nothing to track
+    } else if (event.type === 'approval.pending') {
+      this.#trackExec(a.execId, { tenant: event.tenant, sandboxId: a.sandboxId });
+    } else if (a.status !== 'approved') {
+      // It will never run; a background exec still announces exec.not_run to its subscribers.
+      this.#execOwners.delete(a.execId);
+    }
+    for (const conn of this.#targets(a.sandboxId, a.execId)) {
       if (conn.principal.tenant !== event.tenant) continue;
-      const a = event.approval;
-      if (!conn.sandboxes.has(a.sandboxId) && !conn.execs.has(a.execId)) continue;
       this.send(conn, { type: event.type, approval: a });
     }
   }
@@ -278,6 +369,25 @@ export class StreamHub {
   terminateAll(): void {
     for (const conn of this.#connections) conn.ws.terminate();
   }
+}
+
+function addMember(index: Map<string, Set<Connection>>, id: string, conn: Connection): void {
+  const set = index.get(id);
+  if (set) set.add(conn);
+  else index.set(id, new Set([conn]));
+}
+
+function removeMember(index: Map<string, Set<Connection>>, id: string, conn: Connection): void {
+  const set = index.get(id);
+  if (!set) return;
+  set.delete(conn);
+  if (set.size === 0) index.delete(id);
+}
+
+function countMembers(index: Map<string, Set<Connection>>): number {
+  let n = 0;
+  for (const set of index.values()) n += set.size;
+  return n;
 }
 
 function execMessage(event: ExecEvent): Record<string, unknown> {
@@ -306,7 +416,10 @@ export interface WsDeps {
   approvals: ApprovalService;
   corsOrigins: ReadonlySet<string>;
   tls: boolean;
-  /** Tenant check of a sandbox subscription (throws SANDBOX_NOT_FOUND for another tenant's). */
+  /**
+   * Visibility check of a sandbox for this key, as `GET /v1/sandboxes/{id}` does (throws
+   * SANDBOX_NOT_FOUND for another tenant's or a missing one). Exec subscriptions use it too.
+   */
   assertSandbox: (principal: Principal, sandboxId: string) => Promise<void>;
   /** Client address used by the failed-auth throttle (same as the HTTP routes use). */
   clientOf: (req: IncomingMessage) => string;
@@ -491,7 +604,8 @@ export function attachWebSockets(deps: WsDeps): () => void {
       const ref = parsed.sandboxId ?? parsed.execId;
       const set = parsed.sandboxId !== undefined ? conn.sandboxes : conn.execs;
       if (parsed.type === 'unsubscribe') {
-        set.delete(ref!);
+        if (parsed.sandboxId !== undefined) hub.unsubscribeSandbox(conn, parsed.sandboxId);
+        else hub.unsubscribeExec(conn, parsed.execId!);
         return hub.send(conn, { type: 'unsubscribed', ...target(parsed) });
       }
       if (conn.sandboxes.size + conn.execs.size >= config.maxSubscriptions && !set.has(ref!)) {
@@ -512,9 +626,20 @@ export function attachWebSockets(deps: WsDeps): () => void {
           );
         }
         await assertKeyValid(deps.keys, principal.keyId);
-        // A sandbox must be the caller's (404 otherwise, like the HTTP API). Exec events are
-        // filtered by tenant on delivery, so an exec id of another tenant yields nothing.
-        if (parsed.sandboxId !== undefined) await deps.assertSandbox(principal, parsed.sandboxId);
+        // The subscription is authoritative: a sandbox must be visible to this key (404 like the
+        // HTTP API otherwise), an exec must be pending or running in such a sandbox.
+        if (parsed.sandboxId !== undefined) {
+          await deps.assertSandbox(principal, parsed.sandboxId);
+        } else {
+          const execId = parsed.execId!;
+          const owner = hub.execOwner(execId);
+          if (!owner || owner.tenant !== principal.tenant) throw execNotFound(execId);
+          await deps.assertSandbox(principal, owner.sandboxId).catch(() => {
+            throw execNotFound(execId);
+          });
+          // It may have ended while the sandbox was checked: then nothing more would come.
+          if (hub.execOwner(execId) === undefined) throw execNotFound(execId);
+        }
       } catch (err) {
         if (isPalisadeError(err, 'UNAUTHENTICATED')) {
           ws.close(4401, 'API key no longer valid');
@@ -523,7 +648,8 @@ export function attachWebSockets(deps: WsDeps): () => void {
         return fail(err, ref);
       }
       if (ws.readyState !== WebSocket.OPEN) return;
-      set.add(ref!);
+      if (parsed.sandboxId !== undefined) hub.subscribeSandbox(conn, parsed.sandboxId);
+      else hub.subscribeExec(conn, parsed.execId!);
       hub.send(conn, { type: 'subscribed', ...target(parsed) });
     };
   };
@@ -546,6 +672,15 @@ export function attachWebSockets(deps: WsDeps): () => void {
     clearInterval(heartbeat);
     hub.closeAll();
   };
+}
+
+function execNotFound(execId: string): PalisadeError {
+  return new PalisadeError(
+    'EXEC_NOT_FOUND',
+    `No pending or running execution ${execId} visible to this API key. Subscribe to a running ` +
+      'execution of your own sandbox, or subscribe to the sandbox before starting it; a finished ' +
+      "execution's result and output are at GET /v1/sandboxes/{id}/execs/{execId} and …/logs.",
+  );
 }
 
 async function assertKeyValid(keys: KeyStore, keyId: string): Promise<void> {

@@ -5,6 +5,7 @@
  * sizes and id formats. Anything else is a protocol violation and the connection is closed.
  */
 import { PalisadeError } from '../errors/index.js';
+import type { EgressEvent } from '../egress/index.js';
 import { SANDBOX_ID_PATTERN } from '../sandbox/index.js';
 
 /** Largest frame either side accepts (one JSON line, without the newline). */
@@ -22,6 +23,13 @@ const MAX_MAP_VALUE_BYTES = 32 * 1024;
 const MAX_REASON_BYTES = 1024;
 const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGKILL', 'SIGHUP', 'SIGQUIT'] as const;
 const LIMIT_KEYS = ['memoryBytes', 'swapBytes', 'pids', 'cpus', 'diskBytes', 'tmpBytes'] as const;
+/**
+ * Egress rules per list in a netPolicy frame. The API allows 1000 per list in a sandbox layer;
+ * the worker sends the enforced rules, whose deny list also carries the operator's denies.
+ */
+export const MAX_WIRE_EGRESS_RULES = 4000;
+/** Longest egress rule text (the policy engine's own limit is 512 characters). */
+const MAX_WIRE_EGRESS_RULE_BYTES = 1024;
 
 export type SignalName = (typeof SIGNALS)[number];
 
@@ -29,6 +37,17 @@ export interface CreateOptionsWire {
   limits?: Partial<Record<(typeof LIMIT_KEYS)[number], number>>;
   env?: Record<string, string>;
   labels?: Record<string, string>;
+  /**
+   * true: attach the new sandbox to the supervisor's egress gateway. Until a netPolicy frame
+   * sets its rules, its proxy refuses everything.
+   */
+  network?: true;
+}
+
+/** Egress rules as text; the supervisor parses them (parseEgressPolicy) and applies its bounds. */
+export interface EgressRulesWire {
+  allow: string[];
+  deny: string[];
 }
 
 export interface ExecRequestWire {
@@ -54,6 +73,8 @@ export type Request =
   | { t: 'pause'; id: number; sandboxId: string }
   | { t: 'resume'; id: number; sandboxId: string }
   | { t: 'stats'; id: number; sandboxId: string }
+  | { t: 'netPolicy'; id: number; sandboxId: string; policy: EgressRulesWire }
+  | { t: 'netDetach'; id: number; sandboxId: string }
   | { t: 'close'; id: number };
 
 export interface SandboxInfoWire {
@@ -79,6 +100,13 @@ export interface ExecResultWire {
   durationMs: number;
 }
 
+export interface EgressStatsWire {
+  activeConnections: number;
+  bytesIn: number;
+  bytesOut: number;
+  denied: number;
+}
+
 /** Supervisor → worker. */
 export type Event =
   | { t: 'hello'; backend: string }
@@ -86,8 +114,16 @@ export type Event =
   | { t: 'res'; id: number; ok: false; error: { code: string; message: string } }
   | { t: 'out'; exec: number; stream: 'stdout' | 'stderr'; data: string }
   | { t: 'done'; exec: number; result: ExecResultWire }
+  /** The exec ended without a result (e.g. its sandbox was destroyed or its agent died). */
+  | { t: 'execFailed'; exec: number; error: { code: string; message: string } }
   | { t: 'state'; info: SandboxInfoWire }
   | { t: 'removed'; sandboxId: string }
+  /** One gateway decision, with the sandbox's gateway stats right after it. */
+  | { t: 'egress'; event: EgressEvent; stats: EgressStatsWire | null }
+  /** Gateway stats of a sandbox that changed without an event (e.g. a connection opened). */
+  | { t: 'egressStats'; sandboxId: string; stats: EgressStatsWire }
+  /** Gateway events not forwarded because the worker was not reading fast enough. */
+  | { t: 'egressDropped'; count: number }
   | { t: 'protocolError'; message: string };
 
 function violation(message: string): PalisadeError {
@@ -167,7 +203,7 @@ function base64(v: unknown, what: string): string {
 
 function createOptions(v: unknown): CreateOptionsWire {
   if (!isObject(v)) throw violation('options must be an object');
-  checkKeys(v, [], ['limits', 'env', 'labels'], 'create options');
+  checkKeys(v, [], ['limits', 'env', 'labels', 'network'], 'create options');
   const out: CreateOptionsWire = {};
   if (v.limits !== undefined) {
     if (!isObject(v.limits)) throw violation('options.limits must be an object');
@@ -180,7 +216,24 @@ function createOptions(v: unknown): CreateOptionsWire {
   }
   if (v.env !== undefined) out.env = stringMap(v.env, 'options.env');
   if (v.labels !== undefined) out.labels = stringMap(v.labels, 'options.labels');
+  if (v.network !== undefined) {
+    if (v.network !== true) throw violation('options.network must be true when present');
+    out.network = true;
+  }
   return out;
+}
+
+function ruleList(v: unknown, what: string): string[] {
+  if (!Array.isArray(v) || v.length > MAX_WIRE_EGRESS_RULES) {
+    throw violation(`${what} must be an array of at most ${MAX_WIRE_EGRESS_RULES} rule strings`);
+  }
+  return v.map((rule, i) => str(rule, MAX_WIRE_EGRESS_RULE_BYTES, `${what}[${i}]`));
+}
+
+function egressRules(v: unknown): EgressRulesWire {
+  if (!isObject(v)) throw violation('policy must be an object');
+  checkKeys(v, ['allow', 'deny'], [], 'policy');
+  return { allow: ruleList(v.allow, 'policy.allow'), deny: ruleList(v.deny, 'policy.deny') };
 }
 
 function execRequest(v: unknown): ExecRequestWire {
@@ -276,9 +329,18 @@ export function parseRequest(line: string): Request {
           ? { reason: str(raw.reason, MAX_REASON_BYTES, 'reason') }
           : {}),
       };
+    case 'netPolicy':
+      checkKeys(raw, ['t', 'id', 'sandboxId', 'policy'], [], t);
+      return {
+        t,
+        id: requestId(raw.id),
+        sandboxId: sandboxId(raw.sandboxId),
+        policy: egressRules(raw.policy),
+      };
     case 'pause':
     case 'resume':
     case 'stats':
+    case 'netDetach':
       checkKeys(raw, ['t', 'id', 'sandboxId'], [], t);
       return { t, id: requestId(raw.id), sandboxId: sandboxId(raw.sandboxId) };
     case 'close':

@@ -1,9 +1,11 @@
 /**
  * The worker's view of the engine: a SandboxRuntime that forwards every call to the supervisor
  * over its unix socket. get() and list() are synchronous in the contract, so the client keeps a
- * mirror of the sandboxes, fed by the supervisor's hello, state and removed events.
+ * mirror of the sandboxes, fed by the supervisor's hello, state and removed events. The
+ * supervisor's egress gateway is reached through createEgressGateway().
  */
 import { connect, type Socket } from 'node:net';
+import type { EgressGateway } from '../egress/index.js';
 import { PalisadeError, type ErrorCode } from '../errors/index.js';
 import type {
   CreateSandboxOptions,
@@ -28,9 +30,26 @@ import {
   type SandboxInfoWire,
   type SignalName,
 } from './protocol.js';
+import { RemoteEgressGateway, type RemoteEgressOptions } from './remote-egress.js';
 
 type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 type RequestBody = DistributiveOmit<Request, 'id'>;
+
+/**
+ * Encodes a request, refusing one the supervisor would reject. The supervisor treats an
+ * oversize frame as a protocol violation and drops the connection, which stops the whole server
+ * (and every sandbox); one API request near the body limit must fail alone instead.
+ */
+function encodeWithinLimit(message: Request): string {
+  const frame = encodeFrame(message);
+  if (Buffer.byteLength(frame) > MAX_FRAME_BYTES) {
+    throw new PalisadeError(
+      'PAYLOAD_TOO_LARGE',
+      `The request is too large to hand to the sandbox engine (more than ${MAX_FRAME_BYTES} bytes once encoded). Send less: shorter arguments, environment or edit texts; pass large data as stdin or a file upload.`,
+    );
+  }
+  return frame;
+}
 
 function infoFromWire(w: SandboxInfoWire): SandboxInfo {
   return {
@@ -69,6 +88,21 @@ function disconnected(): PalisadeError {
   );
 }
 
+/**
+ * The supervisor refuses an exec with QUOTA_EXCEEDED when its connection runs as many commands
+ * (or has as many requests in flight) as it allows: a server-wide bound shared by every tenant.
+ * Said as such, with what to do, and as a 429 (it passes once commands end).
+ */
+function execRefusal(err: unknown): unknown {
+  if (!(err instanceof PalisadeError) || err.code !== 'QUOTA_EXCEEDED') return err;
+  return new PalisadeError(
+    'EXEC_LIMIT_REACHED',
+    `The server runs as many commands at once as its sandbox supervisor allows for all tenants together (${err.message}). Wait for some to finish and retry; operators can lower exec.maxRunningPerTenant so that no tenant can take them all.`,
+    { limit: 'supervisor.maxExecStreams', retryAfterSeconds: 1 },
+    { cause: err },
+  );
+}
+
 export interface RemoteRuntime extends SandboxRuntime {
   /** Resolves (never rejects) when the connection to the supervisor has ended. */
   readonly disconnected: Promise<string>;
@@ -77,6 +111,12 @@ export interface RemoteRuntime extends SandboxRuntime {
    * connection started. (close() also asks the supervisor to destroy every sandbox.)
    */
   disconnect(): void;
+  /**
+   * The supervisor's egress gateway as an EgressGateway (one per connection). A sandbox gets
+   * network when create() is given a network provider that attaches it to this gateway
+   * (SandboxNetworks.provider does); forwarded gateway events go to `options.sink`.
+   */
+  createEgressGateway(options: RemoteEgressOptions): EgressGateway;
 }
 
 /** Connects to a supervisor socket and waits for its hello. */
@@ -99,6 +139,9 @@ class RemoteRuntimeClient implements RemoteRuntime {
   readonly #listeners = new Set<(info: SandboxInfo) => void>();
   readonly #pending = new Map<number, Pending>();
   readonly #streams = new Map<number, Stream>();
+  /** Network release hooks of live sandboxes, called when the supervisor reports them removed. */
+  readonly #releases = new Map<string, () => Promise<void>>();
+  #egress: RemoteEgressGateway | undefined;
   #nextId = 1;
   #ended: string | undefined;
   #helloResolve: (() => void) | undefined;
@@ -210,6 +253,13 @@ class RemoteRuntimeClient implements RemoteRuntime {
         s.resolve(resultFromWire(event.result, s));
         return;
       }
+      case 'execFailed': {
+        const s = this.#streams.get(event.exec);
+        if (!s) return;
+        this.#streams.delete(event.exec);
+        s.reject(new PalisadeError(event.error.code as ErrorCode, event.error.message));
+        return;
+      }
       case 'state': {
         const info = infoFromWire(event.info);
         this.#mirror.set(info.id, info);
@@ -222,8 +272,21 @@ class RemoteRuntimeClient implements RemoteRuntime {
         }
         return;
       }
-      case 'removed':
+      case 'removed': {
         this.#mirror.delete(event.sandboxId);
+        const release = this.#releases.get(event.sandboxId);
+        this.#releases.delete(event.sandboxId);
+        if (release) void release().catch(() => undefined);
+        return;
+      }
+      case 'egress':
+        this.#egress?.onEvent(event.event, event.stats);
+        return;
+      case 'egressStats':
+        this.#egress?.onStats(event.sandboxId, event.stats);
+        return;
+      case 'egressDropped':
+        this.#egress?.onDropped(event.count);
         return;
       case 'protocolError':
         this.#end(`the supervisor refused a request: ${event.message}`);
@@ -234,17 +297,32 @@ class RemoteRuntimeClient implements RemoteRuntime {
   #call(body: RequestBody): Promise<unknown> {
     if (this.#ended !== undefined) return Promise.reject(disconnected());
     const id = this.#nextId++;
+    let frame: string;
+    try {
+      frame = encodeWithinLimit({ ...body, id } as Request);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     return new Promise((resolve, reject) => {
       this.#pending.set(id, { resolve, reject });
-      this.#socket.write(encodeFrame({ ...body, id } as Request));
+      this.#socket.write(frame);
     });
   }
 
+  createEgressGateway(options: RemoteEgressOptions): EgressGateway {
+    if (this.#egress) {
+      throw new PalisadeError('CONFLICT', 'This supervisor connection already has its gateway.');
+    }
+    this.#egress = new RemoteEgressGateway((body) => this.#call(body), options);
+    return this.#egress;
+  }
+
   async create(options: CreateSandboxOptions = {}): Promise<SandboxInfo> {
-    if (options.network !== undefined) {
+    const provider = options.network;
+    if (provider !== undefined && typeof provider !== 'function') {
       throw new PalisadeError(
-        'REQUIREMENT_MISSING',
-        'Sandbox network is not available when palisade serve runs privilege-separated: the egress gateway is not yet reachable through the supervisor. Create the sandbox without a network section, or run palisade serve --single-process (the HTTP server then runs as root).',
+        'INVALID_ARGUMENT',
+        "Ready-made network bridges cannot be passed through the supervisor: its own egress gateway serves the sandbox. Pass a network provider that attaches to createEgressGateway()'s gateway.",
       );
     }
     if (
@@ -263,10 +341,29 @@ class RemoteRuntimeClient implements RemoteRuntime {
         ...(options.limits ? { limits: options.limits } : {}),
         ...(options.env ? { env: options.env } : {}),
         ...(options.labels ? { labels: options.labels } : {}),
+        ...(provider ? { network: true as const } : {}),
       },
     })) as SandboxInfoWire;
     const info = infoFromWire(wire);
     if (!this.#mirror.has(info.id)) this.#mirror.set(info.id, info);
+    if (provider) {
+      // The supervisor attached the sandbox with everything refused; the provider sets its
+      // rules. Nothing runs in the sandbox before create() returns, so nothing escapes the
+      // gap; if the rules cannot be set the sandbox is destroyed (fail closed).
+      try {
+        // hostGid is not in SandboxInfo and not used: the supervisor owns the socket by the
+        // engine's own identity for the sandbox, never by one the worker names.
+        const network = await provider({
+          id: info.id,
+          hostUid: info.hostUid,
+          hostGid: info.hostUid,
+        });
+        if (network.release) this.#releases.set(info.id, network.release);
+      } catch (err) {
+        await this.destroy(info.id, 'its network rules could not be set').catch(() => undefined);
+        throw err;
+      }
+    }
     return this.#mirror.get(info.id) ?? info;
   }
 
@@ -283,6 +380,7 @@ class RemoteRuntimeClient implements RemoteRuntime {
     };
     if (this.#ended !== undefined) throw disconnected();
     const ref = this.#nextId++;
+    const frame = encodeWithinLimit({ t: 'exec', id: ref, sandboxId, request: wire });
     let resolveDone!: (r: ExecResult) => void;
     let rejectDone!: (err: unknown) => void;
     const done = new Promise<ExecResult>((resolve, reject) => {
@@ -300,16 +398,14 @@ class RemoteRuntimeClient implements RemoteRuntime {
     });
     const started = new Promise<unknown>((resolve, reject) => {
       this.#pending.set(ref, { resolve, reject });
-      this.#socket.write(
-        encodeFrame({ t: 'exec', id: ref, sandboxId, request: wire } satisfies Request),
-      );
+      this.#socket.write(frame);
     });
     let value: unknown;
     try {
       value = await started;
     } catch (err) {
       this.#streams.delete(ref);
-      throw err;
+      throw execRefusal(err);
     }
     // Avoid an unhandled rejection if the caller never awaits done.
     done.catch(() => undefined);
@@ -324,7 +420,15 @@ class RemoteRuntimeClient implements RemoteRuntime {
         let offset = 0;
         do {
           const piece = bytes.subarray(offset, offset + DATA_CHUNK_BYTES);
-          await control({ t: 'stdin', exec: ref, data: piece.toString('base64') });
+          await control({ t: 'stdin', exec: ref, data: piece.toString('base64') }).catch(
+            (err: unknown) => {
+              // The supervisor forgets an exec once it ended; report that like the local
+              // engine does, so callers (the files API) read the command's own result.
+              if (err instanceof PalisadeError && err.code === 'EXEC_NOT_FOUND')
+                throw new PalisadeError('EXEC_FAILED', 'the command has already ended');
+              throw err;
+            },
+          );
           offset += DATA_CHUNK_BYTES;
         } while (offset < bytes.length);
       },

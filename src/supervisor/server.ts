@@ -1,19 +1,32 @@
 /**
- * The privileged half of `palisade serve`: owns the sandbox engine and answers the HTTP worker's
- * requests over an owner-only unix socket. It exposes exactly the SandboxRuntime operations the
- * API uses, re-validated here (the worker is not trusted), with per-connection bounds.
+ * The privileged half of `palisade serve`: owns the sandbox engine and the egress gateway and
+ * answers the HTTP worker's requests over an owner-only unix socket. It exposes exactly the
+ * SandboxRuntime and gateway operations the API uses, re-validated here (the worker is not
+ * trusted), with per-connection bounds.
  */
 import { chmodSync, chownSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
+import {
+  createEgressGateway,
+  type EgressEvent,
+  type EgressGateway,
+  type GatewayLimits,
+  type IpAddress,
+  type Resolver,
+} from '../egress/index.js';
 import { isPalisadeError, PalisadeError } from '../errors/index.js';
-import type { ExecHandle, SandboxInfo, SandboxRuntime } from '../sandbox/index.js';
+import { parseEgressPolicy, type EgressPolicy, type PolicyLayer } from '../policy/index.js';
+import type { ExecHandle, NetworkProvider, SandboxInfo, SandboxRuntime } from '../sandbox/index.js';
+import { EgressRuleCombiner } from '../server/index.js';
 import {
   DATA_CHUNK_BYTES,
   encodeFrame,
   LineReader,
   MAX_FRAME_BYTES,
   parseRequest,
+  type EgressRulesWire,
+  type EgressStatsWire,
   type Event,
   type Request,
   type SandboxInfoWire,
@@ -28,6 +41,14 @@ export interface SupervisorLimits {
   maxConnections: number;
   /** Bytes queued towards a connection that does not read; past this it is closed. @default 64 MiB */
   maxBufferedBytes: number;
+  /**
+   * Past this many bytes queued towards a connection, gateway events for it are dropped and
+   * counted (an egressDropped frame reports the count once it reads again) instead of queued.
+   * @default 1 MiB
+   */
+  maxEgressBufferedBytes: number;
+  /** How often changed gateway stats of attached sandboxes are pushed to the worker. @default 1000 */
+  egressStatsIntervalMs: number;
 }
 
 export const DEFAULT_SUPERVISOR_LIMITS: Readonly<SupervisorLimits> = Object.freeze({
@@ -35,7 +56,24 @@ export const DEFAULT_SUPERVISOR_LIMITS: Readonly<SupervisorLimits> = Object.free
   maxExecStreams: 64,
   maxConnections: 1,
   maxBufferedBytes: 64 * 1024 * 1024,
+  maxEgressBufferedBytes: 1024 * 1024,
+  egressStatsIntervalMs: 1000,
 });
+
+export interface SupervisorEgressOptions {
+  /** Directory for the per-sandbox proxy sockets; must be the supervisor's own (root's) directory. */
+  socketDir: string;
+  /**
+   * The operator's policy layers. The supervisor applies them itself to every rule set the
+   * worker sends: their denies are always added, and a sandbox allow outside their allows is
+   * refused.
+   */
+  upperLayers?: readonly PolicyLayer[];
+  resolver?: Resolver;
+  limits?: Partial<GatewayLimits>;
+  /** A last veto before every upstream connect (see EgressGatewayOptions.connectGuard). */
+  connectGuard?: (address: IpAddress, port: number) => boolean;
+}
 
 export interface SupervisorOptions {
   runtime: SandboxRuntime;
@@ -48,6 +86,11 @@ export interface SupervisorOptions {
   onDisconnect?: (reason: string) => void;
   /** Called for each protocol violation (logged by the caller). */
   onViolation?: (message: string) => void;
+  /**
+   * Runs the egress gateway here (it needs root to hand each sandbox a socket owned by its
+   * uid). Omitted: creates asking for network are refused.
+   */
+  egress?: SupervisorEgressOptions;
 }
 
 export interface Supervisor {
@@ -56,6 +99,8 @@ export interface Supervisor {
   readonly connections: number;
   /** Protocol violations seen so far (each closed its connection). */
   readonly violations: number;
+  /** Gateway events not forwarded (no worker connected, or it was not reading fast enough). */
+  readonly egressDropped: number;
   /** Stops accepting, closes every connection and removes the socket. Does not close the engine. */
   close(): Promise<void>;
 }
@@ -73,6 +118,28 @@ export function infoToWire(info: SandboxInfo): SandboxInfoWire {
     hostUid: info.hostUid,
     cgroupsEnforced: info.cgroupsEnforced,
   };
+}
+
+/** Keeps one event frame far below the frame limit whatever the gateway put in it. */
+function boundEvent(event: EgressEvent): EgressEvent {
+  return {
+    ...event,
+    host: event.host.slice(0, 512),
+    resolved: event.resolved.slice(0, 32).map((a) => a.slice(0, 64)),
+    address: event.address === null ? null : event.address.slice(0, 64),
+    reason: event.reason.slice(0, 2048),
+    rule: event.rule === null ? null : event.rule.slice(0, 1024),
+  };
+}
+
+function sameStats(a: EgressStatsWire | undefined, b: EgressStatsWire): boolean {
+  return (
+    a !== undefined &&
+    a.activeConnections === b.activeConnections &&
+    a.bytesIn === b.bytesIn &&
+    a.bytesOut === b.bytesOut &&
+    a.denied === b.denied
+  );
 }
 
 function errorToWire(err: unknown): { code: string; message: string } {
@@ -97,6 +164,13 @@ function prepareSocketDir(dir: string, owner: { uid: number; gid: number }): voi
   chmodSync(dir, 0o700);
 }
 
+function noGateway(): PalisadeError {
+  return new PalisadeError(
+    'REQUIREMENT_MISSING',
+    'This supervisor runs without the egress gateway; no sandbox has network.',
+  );
+}
+
 export async function startSupervisor(options: SupervisorOptions): Promise<Supervisor> {
   const limits: SupervisorLimits = { ...DEFAULT_SUPERVISOR_LIMITS, ...options.limits };
   const runtime = options.runtime;
@@ -119,7 +193,104 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
 
   const connections = new Set<Connection>();
   let violations = 0;
+  let egressDropped = 0;
   const seen = new Set<string>();
+  const egress = options.egress ? startEgress(options.egress) : undefined;
+
+  /**
+   * The gateway and what the supervisor tracks of it: the sandboxes created with network (and
+   * the stats last pushed for each). Entries are removed when the engine releases a sandbox's
+   * network or the worker detaches it, so the map is bounded by the live sandboxes.
+   */
+  function startEgress(o: SupervisorEgressOptions) {
+    const combiner = new EgressRuleCombiner(o.upperLayers ?? []);
+    const upperDenies = new Set(combiner.upperRules().deny);
+    const attached = new Map<string, EgressStatsWire | undefined>();
+    const gateway: EgressGateway = createEgressGateway({
+      socketDir: o.socketDir,
+      sink: {
+        emit(event) {
+          const stats = statsOf(event.sandboxId);
+          const frame: Event = { t: 'egress', event: boundEvent(event), stats };
+          if (connections.size === 0) egressDropped++;
+          for (const c of connections) c.sendEgress(frame);
+        },
+      },
+      ...(o.resolver ? { resolver: o.resolver } : {}),
+      ...(o.limits ? { limits: o.limits } : {}),
+      ...(o.connectGuard ? { connectGuard: o.connectGuard } : {}),
+    });
+    function statsOf(sandboxId: string): EgressStatsWire | null {
+      try {
+        return gateway.stats(sandboxId);
+      } catch {
+        return null;
+      }
+    }
+    async function detach(sandboxId: string): Promise<void> {
+      if (!attached.delete(sandboxId)) return;
+      await gateway.detach(sandboxId).catch(() => undefined);
+    }
+    const timer = setInterval(
+      () => {
+        for (const c of connections) c.flushEgressDropped();
+        for (const [id, last] of attached) {
+          const stats = statsOf(id);
+          if (stats === null || sameStats(last, stats)) continue;
+          let delivered = true;
+          for (const c of connections) {
+            if (!c.sendEgressStats({ t: 'egressStats', sandboxId: id, stats })) delivered = false;
+          }
+          // Not delivered (worker busy): compare against the old value again next tick.
+          if (delivered && connections.size > 0) attached.set(id, stats);
+        }
+      },
+      Math.max(50, limits.egressStatsIntervalMs),
+    );
+    timer.unref();
+    return {
+      /** The engine's network hook: attached with no rules (everything refused) until netPolicy. */
+      provider(): NetworkProvider {
+        return async (sandbox) => {
+          const network = await gateway.attach(sandbox.id, parseEgressPolicy({}), {
+            uid: sandbox.hostUid,
+            gid: sandbox.hostGid,
+          });
+          attached.set(sandbox.id, undefined);
+          return { ...network, release: () => detach(sandbox.id) };
+        };
+      },
+      /**
+       * Parses the worker's rules again and enforces the operator's layers here: the worker may
+       * send the effective rules (operator denies included) or only the sandbox's own; either
+       * way the operator's denies are in force and the allows must lie within its bounds.
+       */
+      async setPolicy(sandboxId: string, wire: EgressRulesWire): Promise<void> {
+        const info = runtime.get(sandboxId);
+        if (!info || info.state === 'terminated' || info.state === 'failed') {
+          throw new PalisadeError('SANDBOX_NOT_FOUND', `Sandbox ${sandboxId} does not exist.`);
+        }
+        if (!attached.has(sandboxId)) {
+          throw new PalisadeError(
+            'CONFLICT',
+            `Sandbox ${sandboxId} has no network: it was created without one, and a network cannot be added to a running sandbox.`,
+          );
+        }
+        const own: EgressPolicy = parseEgressPolicy(
+          { allow: wire.allow, deny: wire.deny.filter((rule) => !upperDenies.has(rule)) },
+          'supervisor',
+        );
+        combiner.assertWithinBounds(own, 'network');
+        await gateway.updatePolicy(sandboxId, combiner.effective(own));
+      },
+      detach,
+      async close(): Promise<void> {
+        clearInterval(timer);
+        attached.clear();
+        await gateway.close().catch(() => undefined);
+      },
+    };
+  }
   const broadcast = (event: Event) => {
     for (const c of connections) c.send(event);
   };
@@ -143,6 +314,9 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     readonly #inFlight = new Set<number>();
     readonly #execs = new Map<number, ExecHandle>();
     #closed = false;
+    /** Gateway events dropped for this connection and not yet reported to it. */
+    #egressDropped = 0;
+    #drainArmed = false;
 
     constructor(socket: Socket) {
       this.#socket = socket;
@@ -166,6 +340,42 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
         return;
       }
       this.#socket.write(encodeFrame(event));
+    }
+
+    /** Gateway events: dropped and counted, never queued, while the worker is behind. */
+    sendEgress(frame: Event): void {
+      if (this.#closed) return;
+      if (this.#socket.writableLength > limits.maxEgressBufferedBytes) {
+        this.#egressDropped++;
+        egressDropped++;
+        if (!this.#drainArmed) {
+          this.#drainArmed = true;
+          this.#socket.once('drain', () => {
+            this.#drainArmed = false;
+            this.flushEgressDropped();
+          });
+        }
+        return;
+      }
+      this.flushEgressDropped();
+      this.send(frame);
+    }
+
+    /** Returns false (nothing sent) while the worker is behind. */
+    sendEgressStats(frame: Event): boolean {
+      if (this.#closed || this.#socket.writableLength > limits.maxEgressBufferedBytes) {
+        return false;
+      }
+      this.send(frame);
+      return true;
+    }
+
+    flushEgressDropped(): void {
+      if (this.#closed || this.#egressDropped === 0) return;
+      if (this.#socket.writableLength > limits.maxEgressBufferedBytes) return;
+      const count = this.#egressDropped;
+      this.#egressDropped = 0;
+      this.send({ t: 'egressDropped', count });
     }
 
     #onData(chunk: Buffer): void {
@@ -231,10 +441,17 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
       switch (request.t) {
         case 'create': {
           const o = request.options;
+          if (o.network && !egress) {
+            throw new PalisadeError(
+              'REQUIREMENT_MISSING',
+              'This supervisor runs without the egress gateway, so a sandbox cannot have network; start it with the egress option (palisade serve does).',
+            );
+          }
           const info = await runtime.create({
             ...(o.limits ? { limits: o.limits } : {}),
             ...(o.env ? { env: o.env } : {}),
             ...(o.labels ? { labels: o.labels } : {}),
+            ...(o.network && egress ? { network: egress.provider() } : {}),
           });
           seen.add(info.id);
           return infoToWire(info);
@@ -276,7 +493,12 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
                 },
               });
             },
-            () => this.#execs.delete(ref),
+            (err: unknown) => {
+              this.#execs.delete(ref);
+              // The worker waits for every exec's end: without this, its record of the exec
+              // (and any concurrency slot it holds) would never be released.
+              this.send({ t: 'execFailed', exec: ref, error: errorToWire(err) });
+            },
           );
           return { execId: handle.id };
         }
@@ -306,6 +528,16 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
           return undefined;
         case 'stats':
           return await runtime.stats(request.sandboxId);
+        case 'netPolicy':
+          // Synchronous up to the local gateway's (synchronous) update on purpose: a later frame
+          // (an exec) sees the new rules. The answer is sent only once they are in force.
+          if (!egress) throw noGateway();
+          await egress.setPolicy(request.sandboxId, request.policy);
+          return undefined;
+        case 'netDetach':
+          if (!egress) throw noGateway();
+          await egress.detach(request.sandboxId);
+          return undefined;
         case 'close':
           // Destroying every sandbox is something the API can already do (admin kill).
           await runtime.close();
@@ -356,12 +588,16 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     connections.add(new Connection(socket));
   });
   await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
+    const fail = (err: Error) => {
+      void egress?.close();
+      reject(err);
+    };
+    server.once('error', fail);
     // Owner-only from the start: the umask covers the window before the chmod below.
     const oldMask = process.umask(0o177);
     try {
       server.listen(socketPath, () => {
-        server.off('error', reject);
+        server.off('error', fail);
         resolve();
       });
     } finally {
@@ -380,6 +616,9 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
     get violations() {
       return violations;
     },
+    get egressDropped() {
+      return egressDropped;
+    },
     async close() {
       if (closed) return;
       closed = true;
@@ -391,6 +630,7 @@ export async function startSupervisor(options: SupervisorOptions): Promise<Super
       } catch {
         // already gone
       }
+      await egress?.close();
     },
   };
 }

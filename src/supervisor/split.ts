@@ -91,6 +91,8 @@ export function ensureServiceUser(spec: string = DEFAULT_SERVICE_USER): ServiceU
 export interface SeparatedLayout {
   dataDir: string;
   engineDir: string;
+  /** The supervisor's egress gateway sockets, one 0710 directory per sandbox. */
+  egressDir: string;
   socketPath: string;
 }
 
@@ -112,7 +114,8 @@ function lstatOrUndefined(path: string): Stats | undefined {
  *   it does not own (the engine directory in particular);
  * - the database files are owned by the worker, mode 0600;
  * - the engine directory is root-owned (0711: sandbox uids traverse it to their workspaces);
- * - the egress directory of a single-process run is stale (no gateway runs here) and removed.
+ * - the egress directory (the supervisor's gateway sockets) is recreated root-owned 0711 before
+ *   the worker starts, so the worker can never create or squat it; stale sockets go with it.
  */
 export function prepareSeparatedDataDir(dataDir: string, user: ServiceUser): SeparatedLayout {
   try {
@@ -135,8 +138,17 @@ export function prepareSeparatedDataDir(dataDir: string, user: ServiceUser): Sep
     if (!engine.isDirectory()) throw new Error('engine is not a directory');
     chownSync(engineDir, 0, 0);
     chmodSync(engineDir, 0o711);
-    rmSync(join(dataDir, 'egress'), { recursive: true, force: true });
-    return { dataDir, engineDir, socketPath: join(dataDir, 'supervisor', 'supervisor.sock') };
+    const egressDir = join(dataDir, 'egress');
+    rmSync(egressDir, { recursive: true, force: true });
+    mkdirSync(egressDir, { mode: 0o711 });
+    chownSync(egressDir, 0, 0);
+    chmodSync(egressDir, 0o711);
+    return {
+      dataDir,
+      engineDir,
+      egressDir,
+      socketPath: join(dataDir, 'supervisor', 'supervisor.sock'),
+    };
   } catch (err) {
     throw new PalisadeError(
       'INVALID_PATH',
@@ -206,8 +218,36 @@ export function spawnWorker(options: {
     env: workerEnvironment(),
   });
   child.stdin?.on('error', () => undefined);
-  child.stdin?.end(JSON.stringify(options.secrets));
+  // One JSON line; stdin then stays open for later messages (policy reloads). JSON.stringify
+  // never emits a raw newline, so lines frame the messages.
+  child.stdin?.write(`${JSON.stringify(options.secrets)}\n`);
   return child;
+}
+
+/** A message the supervisor sends the running worker after the secrets. */
+export type WorkerMessage =
+  /** The operator policy file changed (text) or could not be read (error): the worker reloads. */
+  { type: 'policy'; source: string; text?: string; error?: string };
+
+/** Sends `message` to the worker started by spawnWorker (ignored once it is gone). */
+export function sendWorkerMessage(worker: ChildProcess, message: WorkerMessage): void {
+  if (!worker.stdin || worker.stdin.destroyed) return;
+  worker.stdin.write(`${JSON.stringify(message)}\n`);
+}
+
+function parseWorkerMessage(line: string): WorkerMessage | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+  if (typeof parsed !== 'object' || parsed === null) return undefined;
+  const m = parsed as Record<string, unknown>;
+  if (m.type !== 'policy' || typeof m.source !== 'string') return undefined;
+  if (typeof m.text === 'string') return { type: 'policy', source: m.source, text: m.text };
+  if (typeof m.error === 'string') return { type: 'policy', source: m.source, error: m.error };
+  return undefined;
 }
 
 /** Only what Node needs: root's environment may hold secrets the worker has no business with. */
@@ -220,21 +260,64 @@ function workerEnvironment(): NodeJS.ProcessEnv {
   return env;
 }
 
-/** Reads the secrets document the supervisor wrote to stdin (bounded). */
+/**
+ * Reads the secrets document the supervisor wrote to stdin: its first line (or everything, if
+ * the stream ends without a newline). Every later line is a WorkerMessage, passed to
+ * `onMessage`; without `onMessage` reading stops after the secrets. Lines are bounded.
+ * The stream does not keep the process alive.
+ */
 export async function readWorkerSecrets(
   stream: NodeJS.ReadableStream = process.stdin,
+  onMessage?: (message: WorkerMessage) => void,
 ): Promise<WorkerSecrets> {
-  const parts: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of stream) {
-    const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-    size += buf.length;
-    if (size > MAX_WORKER_SECRETS_BYTES) {
-      throw new PalisadeError('PAYLOAD_TOO_LARGE', 'The worker configuration is too large.');
-    }
-    parts.push(buf);
-  }
-  const text = Buffer.concat(parts).toString('utf8');
+  const text = await new Promise<string>((resolveText, reject) => {
+    let pending = Buffer.alloc(0);
+    let secretsText: string | undefined;
+    const stop = () => {
+      stream.removeListener('data', onData);
+      stream.removeListener('end', onEnd);
+      stream.removeListener('error', onError);
+      stream.pause();
+    };
+    const onData = (chunk: Buffer | string) => {
+      pending = Buffer.concat([pending, typeof chunk === 'string' ? Buffer.from(chunk) : chunk]);
+      let newline = pending.indexOf(10);
+      while (newline >= 0) {
+        const line = pending.subarray(0, newline).toString('utf8');
+        pending = pending.subarray(newline + 1);
+        if (secretsText === undefined) {
+          secretsText = line;
+          resolveText(line);
+          // From here on the stream must not keep the worker alive (the supervisor keeps it open).
+          (stream as { unref?: () => void }).unref?.();
+          if (!onMessage) return stop();
+        } else {
+          const message = parseWorkerMessage(line);
+          if (message) onMessage?.(message);
+        }
+        newline = pending.indexOf(10);
+      }
+      if (pending.length > MAX_WORKER_SECRETS_BYTES) {
+        // A line this long is not from the supervisor: drop it (and the secrets, if first).
+        pending = Buffer.alloc(0);
+        if (secretsText === undefined) {
+          stop();
+          reject(new PalisadeError('PAYLOAD_TOO_LARGE', 'The worker configuration is too large.'));
+        }
+      }
+    };
+    const onEnd = () => {
+      stop();
+      if (secretsText === undefined) resolveText(pending.toString('utf8'));
+    };
+    const onError = (err: Error) => {
+      stop();
+      if (secretsText === undefined) reject(err);
+    };
+    stream.on('data', onData);
+    stream.once('end', onEnd);
+    stream.once('error', onError);
+  });
   const parsed: unknown = text.length === 0 ? {} : JSON.parse(text);
   const secrets: WorkerSecrets = {};
   if (typeof parsed === 'object' && parsed !== null) {

@@ -1,9 +1,14 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { Writable } from 'node:stream';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { resolveConfig } from '../../src/server/index.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { SCOPES } from '../../src/auth/index.js';
+import { opsConfigFromFlags, resolveConfig } from '../../src/server/index.js';
+import { request } from './helpers.js';
 import { startTestServer, type TestServer } from './helpers.js';
 
 const CLI = join(import.meta.dirname, 'cli-entry.ts');
@@ -66,6 +71,227 @@ describe('server configuration fails closed', () => {
     ]);
     assert.equal(r.status, 3);
     assert.match(r.stderr, /--tls-cert|--behind-tls-proxy/);
+  });
+});
+
+describe('circuit breaker and metrics settings', () => {
+  it('the ops flags map to the server config, with bounds and clear errors', () => {
+    assert.deepEqual(opsConfigFromFlags({}), {});
+    assert.deepEqual(
+      opsConfigFromFlags({
+        'breaker-threshold': '5',
+        'breaker-window': '2m',
+        'metrics-access': 'loopback',
+      }),
+      { breakerThreshold: 5, breakerWindowMs: 120_000, metricsLoopback: true },
+    );
+    assert.deepEqual(opsConfigFromFlags({ 'metrics-access': 'key' }), { metricsLoopback: false });
+    assert.equal(resolveConfig({ dataDir: '/x' }).metricsLoopback, false);
+    const bad: Array<[Record<string, string>, RegExp]> = [
+      [{ 'breaker-threshold': '0' }, /--breaker-threshold\) must be a whole number from 1 to 1000/],
+      [{ 'breaker-threshold': '1001' }, /from 1 to 1000/],
+      [{ 'breaker-threshold': '-3' }, /--breaker-threshold must be a whole number/],
+      [{ 'breaker-threshold': '2.5' }, /--breaker-threshold must be a whole number/],
+      [{ 'breaker-window': '500ms' }, /--breaker-window\) must be .* from 1000 \(1 s\)/],
+      [{ 'breaker-window': '2h' }, /to 3600000 \(1 h\)/],
+      [{ 'breaker-window': 'soon' }, /--breaker-window must be a duration from 1s to 1h/],
+      [{ 'breaker-window': '0s' }, /--breaker-window must be a duration/],
+      [{ 'metrics-access': 'public' }, /--metrics-access must be "key" .* or "loopback"/],
+    ];
+    for (const [flags, message] of bad) {
+      assert.throws(
+        () => opsConfigFromFlags(flags),
+        (err: { code?: string; message?: string }) =>
+          err.code === 'INVALID_ARGUMENT' && message.test(err.message ?? ''),
+        JSON.stringify(flags),
+      );
+    }
+    // The library config is checked the same way.
+    assert.throws(() => resolveConfig({ dataDir: '/x', breakerThreshold: 0 }), /breakerThreshold/);
+    assert.throws(() => resolveConfig({ dataDir: '/x', breakerWindowMs: 999 }), /breakerWindowMs/);
+    assert.throws(
+      // @ts-expect-error a wrong type from an untyped caller
+      () => resolveConfig({ dataDir: '/x', metricsLoopback: 'yes' }),
+      /metricsLoopback must be true or false/,
+    );
+  });
+
+  it('palisade serve refuses bad ops flags before starting anything, and documents them', async () => {
+    for (const [flag, value, message] of [
+      ['--breaker-threshold', 'many', /--breaker-threshold must be a whole number/],
+      ['--breaker-window', '10ms', /--breaker-window/],
+      ['--metrics-access', 'everyone', /--metrics-access must be "key"/],
+    ] as const) {
+      const r = await cli([
+        'serve',
+        '--port',
+        '0',
+        '--data-dir',
+        '/tmp/palisade-never-created-ops',
+        flag,
+        value,
+      ]);
+      assert.equal(r.status, 3, `${flag} ${value}: ${r.stderr}`);
+      assert.match(r.stderr, message);
+    }
+    const help = await cli(['serve', '--help']);
+    assert.equal(help.status, 0);
+    for (const flag of ['--breaker-threshold N', '--breaker-window DURATION', '--metrics-access'])
+      assert.ok(help.stdout.includes(flag), flag);
+  });
+
+  it('a real palisade serve applies --breaker-threshold, --breaker-window, --metrics-access and the exec limits', async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), 'palisade-opsflags-'));
+    chmodSync(dataDir, 0o711);
+    const policy = join(dataDir, 'policy.json');
+    writeFileSync(
+      policy,
+      JSON.stringify({ permissions: { default: 'allow', deny: ['Bash(rm:*)'] } }),
+    );
+    chmodSync(policy, 0o644);
+    const uidStart = 1_795_000_000 + (process.pid % 5000) * 100;
+    let child: ChildProcess | undefined;
+    try {
+      child = spawn(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          CLI,
+          'serve',
+          '--port',
+          '0',
+          '--data-dir',
+          dataDir,
+          '--log-level',
+          'silent',
+          '--engine-uids',
+          `${uidStart}:100`,
+          '--engine-cgroup',
+          `palisade-opsflags-${process.pid}`,
+          '--policy',
+          policy,
+          '--breaker-threshold',
+          '2',
+          '--breaker-window',
+          '30s',
+          '--metrics-access',
+          'loopback',
+          '--exec-max-running-per-key',
+          '1',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let out = '';
+      let err = '';
+      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+      for (let i = 0; i < 600 && !/listening on http/.test(out); i++) {
+        assert.equal(child.exitCode, null, `serve exited: ${out} ${err}`);
+        await sleep(100);
+      }
+      const url = /listening on (http:\/\/\S+)/.exec(out)?.[1];
+      const adminKey = /^Admin API key: (\S+)$/m.exec(out)?.[1];
+      assert.ok(url && adminKey, `serve did not start: ${out} ${err}`);
+      // loopback: /metrics without a key from 127.0.0.1.
+      const metrics = await request(url, 'GET', '/metrics');
+      assert.equal(metrics.status, 200, metrics.text);
+      assert.match(metrics.text, /palisade_breaker_trips_total/);
+      const created = await request(url, 'POST', '/v1/sandboxes', { key: adminKey, body: {} });
+      assert.equal(created.status, 201, created.text);
+      const id = created.json.id as string;
+      // --exec-max-running-per-key 1: a second running command of the same key is refused.
+      const first = await request(url, 'POST', `/v1/sandboxes/${id}/exec`, {
+        key: adminKey,
+        body: { command: 'sleep 30', background: true },
+      });
+      assert.equal(first.status, 202, first.text);
+      const second = await request(url, 'POST', `/v1/sandboxes/${id}/exec`, {
+        key: adminKey,
+        body: { command: 'true' },
+      });
+      assert.equal(second.status, 429, second.text);
+      assert.equal(second.json.code, 'EXEC_LIMIT_REACHED');
+      assert.match(second.json.message, /maxRunningPerKey = 1/);
+      const stopped = await request(
+        url,
+        'POST',
+        `/v1/sandboxes/${id}/execs/${first.json.id as string}/interrupt`,
+        { key: adminKey },
+      );
+      assert.ok(stopped.status < 300, stopped.text);
+      for (let i = 0; i < 100; i++) {
+        const st = await request(
+          url,
+          'GET',
+          `/v1/sandboxes/${id}/execs/${first.json.id as string}`,
+          {
+            key: adminKey,
+          },
+        );
+        if (st.json.status !== 'running') break;
+        await sleep(50);
+      }
+      // Threshold 2: two denials are tolerated, the third freezes the sandbox.
+      for (let i = 1; i <= 3; i++) {
+        const denied = await request(url, 'POST', `/v1/sandboxes/${id}/exec`, {
+          key: adminKey,
+          body: { command: `rm -rf /workspace/x${i}` },
+        });
+        assert.equal(denied.status, 403, denied.text);
+        assert.equal(denied.json.code, 'POLICY_DENIED');
+        if (i === 2) {
+          const view = await request(url, 'GET', `/v1/sandboxes/${id}`, { key: adminKey });
+          assert.equal(view.json.state, 'running', 'froze before the threshold was passed');
+        }
+      }
+      let view = await request(url, 'GET', `/v1/sandboxes/${id}`, { key: adminKey });
+      for (let i = 0; i < 100 && view.json.state !== 'paused'; i++) {
+        await sleep(50);
+        view = await request(url, 'GET', `/v1/sandboxes/${id}`, { key: adminKey });
+      }
+      assert.equal(view.json.state, 'paused', view.text);
+      assert.equal(view.json.flagged, true);
+      assert.match(view.json.reason, /circuit breaker: 3 denials in 30 s/);
+      child.kill('SIGTERM');
+      for (let i = 0; i < 300 && child.exitCode === null && child.signalCode === null; i++)
+        await sleep(100);
+      assert.equal(child.exitCode, 0, err);
+    } finally {
+      if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('palisade keys usage', () => {
+  it('keys create --help lists every scope, generated from the scope list', async () => {
+    for (const args of [
+      ['keys', 'create', '--help'],
+      ['keys', '--help'],
+    ]) {
+      const r = await cli(args);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stdout, /palisade keys create --name NAME/);
+      for (const scope of SCOPES) {
+        assert.match(r.stdout, new RegExp(`^  ${scope.replace(':', ':')}\\s+\\S`, 'm'), scope);
+      }
+    }
+    assert.ok(SCOPES.includes('metrics:read') && SCOPES.includes('approvals:write'));
+    // An unknown scope names the valid ones in the error.
+    const bad = await cli([
+      'keys',
+      'create',
+      '--name',
+      'x',
+      '--scope',
+      'metrics:write',
+      '--data-dir',
+      '/tmp/palisade-never-created-keys',
+    ]);
+    assert.equal(bad.status, 3);
+    assert.match(bad.stderr, /metrics:read/);
+    assert.match(bad.stderr, /approvals:write/);
   });
 });
 

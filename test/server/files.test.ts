@@ -605,7 +605,7 @@ describe('files HTTP API (real server, real sandboxes)', () => {
     assert.match(denied.json.message, /sandboxes:read/);
   });
 
-  it('the permission policy is checked for every file action: deny and ask are 403 with the reason', async () => {
+  it('the permission policy is checked for every file action: deny is 403 with the reason, ask waits for a human', async () => {
     const g = (path: string) => `/v1/sandboxes/${guarded}/files${path}`;
     // Set up behind the API's back (straight through the engine): the policy also checks execs.
     const setup = await s.engine.run(guarded, {
@@ -641,13 +641,32 @@ describe('files HTTP API (real server, real sandboxes)', () => {
       body: { path: 'secrets/key', oldText: 'TOP', newText: 'TOP' },
     });
     assert.equal(oracle.status, 403);
-    const ask = await s.req('POST', g('/edit'), {
+    // Ask waits for a human (test/server/file-approvals.test.ts covers it); denied here.
+    const asking = s.req('POST', g('/edit'), {
       key: s.adminKey,
       body: { path: 'review/doc', oldText: 'draft', newText: 'final' },
     });
+    const approver = await s.cp.app.keys.create({
+      tenant: 'default',
+      name: 'files-approver',
+      scopes: ['approvals:write'],
+    });
+    let pending: Array<{ id: string; tool: string; path: string }> = [];
+    for (let i = 0; i < 400 && pending.length === 0; i++) {
+      pending = (await s.req('GET', '/v1/approvals', { key: approver.key })).json.items;
+      if (pending.length === 0) await new Promise((r) => setTimeout(r, 25));
+    }
+    assert.equal(pending.length, 1);
+    assert.equal(pending[0]!.path, '/workspace/review/doc');
+    const no = await s.req('POST', `/v1/approvals/${pending[0]!.id}/deny`, {
+      key: approver.key,
+      body: { reason: 'keep the draft' },
+    });
+    assert.equal(no.status, 200, no.text);
+    const ask = await asking;
     assert.equal(ask.status, 403);
-    assert.equal(ask.json.code, 'POLICY_ASK');
-    assert.match(ask.json.message, /approval/);
+    assert.equal(ask.json.code, 'POLICY_DENIED');
+    assert.match(ask.json.message, /denied this file action.*keep the draft/);
     const search = await s.req('POST', g('/search'), {
       key: s.adminKey,
       body: { path: '/workspace', glob: '**' },

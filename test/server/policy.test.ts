@@ -9,7 +9,7 @@ describe('permission policy on exec', () => {
   before(async () => {
     const layer = parsePolicyObject(
       { permissions: { default: 'allow', deny: ['Bash(rm:*)'], ask: ['Bash(curl:*)'] } },
-      'test:operator',
+      '/etc/palisade-private/operator/policy.yaml',
       'operator',
     );
     s = await startTestServer({
@@ -23,7 +23,7 @@ describe('permission policy on exec', () => {
     await s.close();
   });
 
-  it('a denied command is 403 with the explanation and never runs', async () => {
+  it('a denied command is 403 with the explanation (naming the policy file, never its host path) and never runs', async () => {
     await s.req('POST', `/v1/sandboxes/${id}/exec`, {
       key: s.adminKey,
       body: { command: 'touch /workspace/keep' },
@@ -35,6 +35,8 @@ describe('permission policy on exec', () => {
     assert.equal(r.status, 403);
     assert.equal(r.json.code, 'POLICY_DENIED');
     assert.match(r.json.message, /rm/);
+    assert.match(r.json.message, /operator policy policy\.yaml/);
+    assert.doesNotMatch(r.text, /palisade-private/);
     const argv = await s.req('POST', `/v1/sandboxes/${id}/exec`, {
       key: s.adminKey,
       body: { argv: ['rm', '-f', '/workspace/keep'] },

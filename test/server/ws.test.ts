@@ -5,6 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { WebSocket } from 'ws';
 import { parsePolicyObject } from '../../src/policy/index.js';
+import { DEFAULT_WS_CONFIG, MAX_TRACKED_EXECS, StreamHub } from '../../src/server/ws.js';
 import { startTestServer, type TestServer } from './helpers.js';
 
 const ALLOWED_ORIGIN = 'https://app.example.com';
@@ -247,9 +248,16 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
     const execOne = bg.json.id as string;
     execSub.send({ type: 'subscribe', execId: execOne });
     await execSub.waitFor((m) => m.type === 'subscribed');
-    // Tenant B knows the exec id, subscribes to it, and still must get nothing of it.
+    // Tenant B knows the exec id: the subscription itself is refused, exactly like a missing id.
     tenantB.send({ type: 'subscribe', execId: execOne });
-    await tenantB.waitFor((m) => m.type === 'subscribed' && m.execId === execOne);
+    const refusedExec = await tenantB.waitFor((m) => m.type === 'error' && m.ref === execOne);
+    assert.equal(refusedExec.code, 'EXEC_NOT_FOUND');
+    assert.match(String(refusedExec.message), /No pending or running execution/);
+    const missing = `ex-${'a'.repeat(20)}`;
+    tenantB.send({ type: 'subscribe', execId: missing });
+    const refusedMissing = await tenantB.waitFor((m) => m.type === 'error' && m.ref === missing);
+    assert.equal(refusedMissing.code, 'EXEC_NOT_FOUND');
+    assert.equal(refusedMissing.message, String(refusedExec.message).replace(execOne, missing));
 
     const fgA = await s.req('POST', `/v1/sandboxes/${sbA}/exec`, {
       key: keyA,
@@ -275,11 +283,17 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
     assert.ok(!execIdsSeen(execSub).has(fgA.json.execId));
     assert.ok(!execIdsSeen(tenantB).has(fgA.json.execId));
     assert.ok(
-      tenantB.messages.every((m) => m.execId !== execOne || m.type === 'subscribed'),
+      tenantB.messages.every((m) => m.execId !== execOne),
       'tenant B received output of tenant A',
     );
-    // (Only the refusal of its own subscribe request names sbA.)
-    assert.ok(!JSON.stringify(tenantB.messages.filter((m) => m.type !== 'error')).includes(sbA));
+    // (Only the refusals of its own subscribe requests name sbA or execOne.)
+    const tenantBEvents = JSON.stringify(tenantB.messages.filter((m) => m.type !== 'error'));
+    assert.ok(!tenantBEvents.includes(sbA));
+    assert.ok(!tenantBEvents.includes(execOne));
+    // An ended exec frees its subscriptions; subscribing to it now is refused (logs are on HTTP).
+    execSub.send({ type: 'subscribe', execId: execOne });
+    const ended = await execSub.waitFor((m) => m.type === 'error' && m.ref === execOne);
+    assert.equal(ended.code, 'EXEC_NOT_FOUND');
     assert.ok(!JSON.stringify(sandboxSub.messages).includes(sbB));
 
     // Approvals of a subscribed sandbox are announced; sandbox state changes too.
@@ -299,6 +313,62 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
     await sandboxSub.waitFor((m) => m.type === 'sandbox.state' && m.state === 'running');
     assert.ok(!tenantB.messages.some((m) => m.type === 'sandbox.state'));
     for (const c of [sandboxSub, execSub, tenantB]) c.close();
+  });
+
+  it('two clients on two executions each get only their own; routing is by subscription', async () => {
+    const one = new Client(s.url, keyA);
+    const two = new Client(s.url, keyA2);
+    await Promise.all([one.opened, two.opened]);
+    const hub = s.cp.app.streams;
+    const subsBefore = hub.stats().subscriptions;
+    const start = async (tag: string) => {
+      // The sleep leaves time to subscribe before any output is produced.
+      const r = await s.req('POST', `/v1/sandboxes/${sbA}/exec`, {
+        key: keyA,
+        body: { command: `sleep 1; for i in 1 2 3; do echo ${tag}-$i; done`, background: true },
+      });
+      assert.equal(r.status, 202, r.text);
+      return r.json.id as string;
+    };
+    const [execOne, execTwo] = await Promise.all([start('one'), start('two')]);
+    one.send({ type: 'subscribe', execId: execOne });
+    two.send({ type: 'subscribe', execId: execTwo });
+    await one.waitFor((m) => m.type === 'subscribed' && m.execId === execOne);
+    await two.waitFor((m) => m.type === 'subscribed' && m.execId === execTwo);
+    assert.equal(hub.stats().subscriptions, subsBefore + 2);
+    assert.ok(hub.stats().trackedExecs >= 2);
+    await one.waitFor((m) => m.type === 'exec.exit' && m.execId === execOne);
+    await two.waitFor((m) => m.type === 'exec.exit' && m.execId === execTwo);
+    assert.equal(one.output(execOne), 'one-1\none-2\none-3\n');
+    assert.equal(two.output(execTwo), 'two-1\ntwo-2\ntwo-3\n');
+    const seen = (c: Client) =>
+      new Set(c.messages.filter((m) => typeof m.execId === 'string').map((m) => m.execId));
+    assert.deepEqual([...seen(one)], [execOne]);
+    assert.deepEqual([...seen(two)], [execTwo]);
+    // The exits released both subscriptions and the hub no longer tracks the ended execs.
+    for (let i = 0; i < 50 && hub.stats().subscriptions > subsBefore; i++) await sleep(20);
+    assert.equal(hub.stats().subscriptions, subsBefore);
+    assert.equal(hub.execOwner(execOne), undefined);
+    assert.equal(hub.execOwner(execTwo), undefined);
+    one.close();
+    two.close();
+  });
+
+  it('an exec waiting for approval can be subscribed to by id and reports not_run', async () => {
+    const c = new Client(s.url, keyA2);
+    await c.opened;
+    const asked = await s.req('POST', `/v1/sandboxes/${sbA}/exec`, {
+      key: keyA,
+      body: { command: 'printf pending', background: true },
+    });
+    assert.equal(asked.status, 202, asked.text);
+    const execId = asked.json.id as string;
+    c.send({ type: 'subscribe', execId });
+    await c.waitFor((m) => m.type === 'subscribed' && m.execId === execId);
+    s.cp.app.approvals.cancel(asked.json.approvalId, 'test');
+    await c.waitFor((m) => m.type === 'approval.resolved');
+    await c.waitFor((m) => m.type === 'exec.not_run' && m.execId === execId);
+    c.close();
   });
 
   it('bad messages get a clear error and the connection stays usable', async () => {
@@ -454,5 +524,198 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
     for (let i = 0; i < 250 && !closed; i++) await sleep(20);
     assert.ok(closed);
     socket.destroy();
+  });
+});
+
+describe('WebSocket keepalive and subscription bounds (real server)', () => {
+  const PING_MS = 300;
+  let s: TestServer;
+  let key: string;
+  let sb: string;
+  before(async () => {
+    s = await startTestServer({
+      config: { ws: { pingIntervalMs: PING_MS, maxConnectionsPerKey: 2 } },
+    });
+    key = (
+      await s.cp.app.keys.create({
+        tenant: 'alpha',
+        name: 'ka',
+        scopes: ['sandboxes:read', 'sandboxes:write', 'sandboxes:exec'],
+      })
+    ).key;
+    sb = (await s.req('POST', '/v1/sandboxes', { key, body: {} })).json.id;
+  });
+  after(async () => {
+    await s.close();
+  });
+
+  it('a client that stops answering pings is disconnected and its state freed', async () => {
+    const hub = s.cp.app.streams;
+    assert.equal(hub.stats().connections, 0);
+    // A client that answers pings (ws does by default) outlives several ping intervals.
+    const healthy = new Client(s.url, key);
+    await healthy.opened;
+    healthy.send({ type: 'subscribe', sandboxId: sb });
+    await healthy.waitFor((m) => m.type === 'subscribed');
+    // A raw socket that never reads frames never answers a ping.
+    const silent = await rawUpgrade(s.url, { authorization: `Bearer ${key}` });
+    assert.equal(silent.status, 101);
+    let closed = false;
+    silent.socket.on('error', () => undefined);
+    silent.socket.on('close', () => {
+      closed = true;
+    });
+    silent.socket.write(clientFrame(JSON.stringify({ type: 'subscribe', sandboxId: sb })));
+    for (let i = 0; i < 100 && hub.stats().subscriptions < 2; i++) await sleep(10);
+    assert.equal(hub.stats().subscriptions, 2);
+    assert.equal(hub.stats().connections, 2);
+    const slowBefore = hub.stats().slowDisconnects;
+    const started = Date.now();
+    // Both slots of this key are taken: a third connection is refused until one is freed.
+    const third = await rawUpgrade(s.url, { authorization: `Bearer ${key}` });
+    third.socket.destroy();
+    assert.equal(third.status, 429);
+    for (let i = 0; i < 200 && hub.stats().connections > 1; i++) await sleep(10);
+    const elapsed = Date.now() - started;
+    assert.equal(hub.stats().connections, 1, 'the silent client was not disconnected');
+    // Disconnected after missing one ping: between one and two intervals (plus scheduling slack).
+    assert.ok(elapsed <= 2 * PING_MS + 500, `took ${elapsed} ms`);
+    assert.equal(hub.stats().slowDisconnects, slowBefore + 1);
+    assert.equal(hub.stats().subscriptions, 1, "the silent client's subscription was not freed");
+    for (let i = 0; i < 100 && !closed; i++) await sleep(10);
+    assert.ok(closed, 'the server did not close the TCP connection');
+    // Its per-key slot is free again.
+    const again = new Client(s.url, key);
+    await again.opened;
+    again.close();
+    // The healthy client is still there after several intervals and still gets events.
+    await sleep(3 * PING_MS);
+    assert.equal(healthy.closeCode, null);
+    await s.req('POST', `/v1/sandboxes/${sb}/exec`, { key, body: { command: 'echo alive' } });
+    const exit = await healthy.waitFor((m) => m.type === 'exec.exit');
+    assert.equal(healthy.output(String(exit.execId)), 'alive\n');
+    healthy.close();
+    for (let i = 0; i < 100 && hub.stats().connections > 0; i++) await sleep(10);
+    assert.deepEqual(
+      { connections: hub.stats().connections, subscriptions: hub.stats().subscriptions },
+      { connections: 0, subscriptions: 0 },
+    );
+  });
+});
+
+describe('WebSocket subscription bounds', () => {
+  it('subscriptions per connection are limited; an ended exec frees its slot', async () => {
+    const s = await startTestServer({ config: { ws: { maxSubscriptions: 2 } } });
+    try {
+      const key = (
+        await s.cp.app.keys.create({
+          tenant: 'alpha',
+          name: 'bounds',
+          scopes: ['sandboxes:read', 'sandboxes:write', 'sandboxes:exec'],
+        })
+      ).key;
+      const sb = (await s.req('POST', '/v1/sandboxes', { key, body: {} })).json.id as string;
+      const c = new Client(s.url, key);
+      await c.opened;
+      c.send({ type: 'subscribe', sandboxId: sb });
+      await c.waitFor((m) => m.type === 'subscribed' && m.sandboxId === sb);
+      const bg = async (command: string) => {
+        const r = await s.req('POST', `/v1/sandboxes/${sb}/exec`, {
+          key,
+          body: { command, background: true },
+        });
+        assert.equal(r.status, 202, r.text);
+        return r.json.id as string;
+      };
+      const short = await bg('sleep 0.5');
+      const long = await bg('sleep 30');
+      c.send({ type: 'subscribe', execId: short });
+      await c.waitFor((m) => m.type === 'subscribed' && m.execId === short);
+      // Two subscriptions held: a third is refused with the limit named.
+      c.send({ type: 'subscribe', execId: long });
+      const full = await c.waitFor((m) => m.type === 'error' && m.ref === long);
+      assert.equal(full.code, 'INVALID_ARGUMENT');
+      assert.match(String(full.message), /At most 2 subscriptions per connection/);
+      // The short exec ends: its subscription is released, so the slot is free again.
+      await c.waitFor((m) => m.type === 'exec.exit' && m.execId === short);
+      for (let i = 0; i < 50 && s.cp.app.streams.stats().subscriptions > 1; i++) await sleep(20);
+      assert.equal(s.cp.app.streams.stats().subscriptions, 1);
+      c.send({ type: 'subscribe', execId: long });
+      await c.waitFor((m) => m.type === 'subscribed' && m.execId === long);
+      // Unsubscribing frees a slot too.
+      c.send({ type: 'unsubscribe', sandboxId: sb });
+      await c.waitFor((m) => m.type === 'unsubscribed' && m.sandboxId === sb);
+      assert.equal(s.cp.app.streams.stats().subscriptions, 1);
+      await s.req('POST', `/v1/sandboxes/${sb}/execs/${long}/interrupt`, { key });
+      await c.waitFor((m) => m.type === 'exec.exit' && m.execId === long);
+      c.close();
+    } finally {
+      await s.close();
+    }
+  });
+
+  it("the hub's tracking of live execs is bounded and forgets ended and denied ones", () => {
+    const hub = new StreamHub(DEFAULT_WS_CONFIG);
+    const id = (n: number) => `ex-${String(n).padStart(20, '0')}`;
+    const start = (n: number) =>
+      hub.publishExec({
+        type: 'exec.start',
+        tenant: 't',
+        sandboxId: 'sb-aaaaaaaaaaaaaaaaaaaa',
+        execId: id(n),
+        background: true,
+      });
+    for (let n = 0; n <= MAX_TRACKED_EXECS; n++) start(n);
+    assert.equal(hub.stats().trackedExecs, MAX_TRACKED_EXECS);
+    // The oldest went first; the newest is there.
+    assert.equal(hub.execOwner(id(0)), undefined);
+    assert.deepEqual(hub.execOwner(id(MAX_TRACKED_EXECS)), {
+      tenant: 't',
+      sandboxId: 'sb-aaaaaaaaaaaaaaaaaaaa',
+    });
+    hub.publishExec({
+      type: 'exec.exit',
+      tenant: 't',
+      sandboxId: 'sb-aaaaaaaaaaaaaaaaaaaa',
+      execId: id(MAX_TRACKED_EXECS),
+      exitCode: 0,
+      signal: null,
+      timedOut: false,
+      interrupted: false,
+      durationMs: 1,
+    });
+    assert.equal(hub.execOwner(id(MAX_TRACKED_EXECS)), undefined);
+    assert.equal(hub.stats().trackedExecs, MAX_TRACKED_EXECS - 1);
+
+    // An exec waiting for approval is tracked; a denial (which a foreground exec never follows
+    // with exec.not_run) forgets it.
+    const approval = {
+      id: 'ap-1',
+      sandboxId: 'sb-bbbbbbbbbbbbbbbbbbbb',
+      execId: 'ex-bbbbbbbbbbbbbbbbbbbb',
+      tool: 'Bash',
+      command: 'git push',
+      path: null,
+      cwd: null,
+      policyReason: 'ask',
+      requestedBy: 'k',
+      createdAt: new Date().toISOString(),
+      expiresAt: new Date().toISOString(),
+      status: 'pending' as const,
+      decidedBy: null,
+      decisionReason: null,
+      decidedAt: null,
+    };
+    hub.publishApproval({ type: 'approval.pending', tenant: 'u', approval });
+    assert.deepEqual(hub.execOwner(approval.execId), {
+      tenant: 'u',
+      sandboxId: approval.sandboxId,
+    });
+    hub.publishApproval({
+      type: 'approval.resolved',
+      tenant: 'u',
+      approval: { ...approval, status: 'denied' },
+    });
+    assert.equal(hub.execOwner(approval.execId), undefined);
   });
 });

@@ -63,7 +63,8 @@ describe('supervisor protocol validation', () => {
       { t: 'create', id: 1, options: { workspaceDir: '/etc' } },
       /unexpected field "workspaceDir"/,
     );
-    rejects({ t: 'create', id: 1, options: { network: {} } }, /unexpected field "network"/);
+    rejects({ t: 'create', id: 1, options: { network: {} } }, /network must be true/);
+    rejects({ t: 'create', id: 1, options: { network: false } }, /network must be true/);
     rejects(
       { t: 'create', id: 1, options: { limits: { memoryBytes: 1, gpu: 1 } } },
       /unexpected field "gpu"/,
@@ -136,6 +137,93 @@ describe('supervisor protocol validation', () => {
       { t: 'exec', id: 1, sandboxId: SB, request: { argv: Array(5000).fill('a') } },
       /at most 4096/,
     );
+  });
+});
+
+describe('supervisor protocol: egress gateway messages', () => {
+  const policy = { allow: ['example.com', '10.0.0.0/8:5432'], deny: ['evil.example.com'] };
+
+  it('accepts create with network, netPolicy and netDetach', () => {
+    assert.deepEqual(
+      parseRequest(JSON.stringify({ t: 'create', id: 1, options: { network: true } })),
+      {
+        t: 'create',
+        id: 1,
+        options: { network: true },
+      },
+    );
+    assert.deepEqual(
+      parseRequest(JSON.stringify({ t: 'netPolicy', id: 2, sandboxId: SB, policy })),
+      {
+        t: 'netPolicy',
+        id: 2,
+        sandboxId: SB,
+        policy,
+      },
+    );
+    assert.deepEqual(
+      parseRequest(
+        JSON.stringify({ t: 'netPolicy', id: 3, sandboxId: SB, policy: { allow: [], deny: [] } }),
+      ),
+      { t: 'netPolicy', id: 3, sandboxId: SB, policy: { allow: [], deny: [] } },
+    );
+    assert.deepEqual(parseRequest(JSON.stringify({ t: 'netDetach', id: 4, sandboxId: SB })), {
+      t: 'netDetach',
+      id: 4,
+      sandboxId: SB,
+    });
+  });
+
+  it('rejects malformed netPolicy frames', () => {
+    rejects({ t: 'netPolicy', id: 1, sandboxId: SB }, /missing field policy/);
+    rejects({ t: 'netPolicy', id: 1, policy }, /missing field sandboxId/);
+    rejects({ t: 'netPolicy', id: 1, sandboxId: '../x', policy }, /sandboxId must look like/);
+    rejects({ t: 'netPolicy', id: 0, sandboxId: SB, policy }, /id must be a positive integer/);
+    rejects(
+      { t: 'netPolicy', id: 1, sandboxId: SB, policy, owner: { uid: 0 } },
+      /unexpected field "owner"/,
+    );
+    rejects({ t: 'netPolicy', id: 1, sandboxId: SB, policy: null }, /policy must be an object/);
+    rejects({ t: 'netPolicy', id: 1, sandboxId: SB, policy: ['a'] }, /policy must be an object/);
+    rejects({ t: 'netPolicy', id: 1, sandboxId: SB, policy: { allow: [] } }, /missing field deny/);
+    rejects(
+      { t: 'netPolicy', id: 1, sandboxId: SB, policy: { ...policy, socketDir: '/' } },
+      /unexpected field "socketDir"/,
+    );
+    rejects(
+      { t: 'netPolicy', id: 1, sandboxId: SB, policy: { allow: 'example.com', deny: [] } },
+      /policy.allow must be an array/,
+    );
+    rejects(
+      { t: 'netPolicy', id: 1, sandboxId: SB, policy: { allow: [443], deny: [] } },
+      /policy.allow\[0\] must be a string/,
+    );
+    rejects({ t: 'netPolicy', id: 1, sandboxId: SB, policy: { allow: ['a\0b'], deny: [] } }, /NUL/);
+    rejects(
+      { t: 'netPolicy', id: 1, sandboxId: SB, policy: { allow: ['x'.repeat(2000)], deny: [] } },
+      /longer than 1024 bytes/,
+    );
+    rejects(
+      {
+        t: 'netPolicy',
+        id: 1,
+        sandboxId: SB,
+        policy: { allow: [], deny: Array(4001).fill('a.test') },
+      },
+      /at most 4000/,
+    );
+  });
+
+  it('rejects malformed netDetach frames', () => {
+    rejects({ t: 'netDetach', id: 1 }, /missing field sandboxId/);
+    rejects({ t: 'netDetach', id: 1, sandboxId: SB, force: true }, /unexpected field "force"/);
+    rejects({ t: 'netDetach', id: 1, sandboxId: 7 }, /sandboxId must look like/);
+  });
+
+  it('the worker cannot send supervisor-to-worker egress events', () => {
+    rejects({ t: 'egress', event: {}, stats: null }, /unknown message type/);
+    rejects({ t: 'egressDropped', count: 1 }, /unknown message type/);
+    rejects({ t: 'egressStats', sandboxId: SB, stats: {} }, /unknown message type/);
   });
 });
 

@@ -237,14 +237,7 @@ describe('palisade serve as root: privilege separation', { skip: !isRoot && 'nee
       `no host unix socket is visible: ${unixLines.join(' | ')}`,
     );
 
-    // Network needs the egress gateway, which this mode does not run: a clear refusal.
-    const withNet = await request(served.url, 'POST', '/v1/sandboxes', {
-      key,
-      body: { policy: { network: { allow: ['example.com'] } } },
-    });
-    assert.equal(withNet.status, 400);
-    assert.equal(withNet.json.code, 'INVALID_POLICY');
-    assert.match(withNet.json.message, /egress gateway/);
+    // Sandbox network through the supervisor's gateway: test/supervisor/network.test.ts.
 
     const removed = await request(served.url, 'DELETE', `/v1/sandboxes/${id}`, { key });
     assert.equal(removed.status, 200, removed.text);

@@ -158,8 +158,14 @@ describe('supervisor', () => {
       assert.ok(results.some((r) => r.status === 'fulfilled'));
       const handles = [];
       for (let i = 0; i < 3; i++) handles.push(await remote.exec(info.id, { command: 'sleep 30' }));
-      await assert.rejects(remote.exec(info.id, { command: 'true' }), (e: unknown) =>
-        isPalisadeError(e, 'QUOTA_EXCEEDED'),
+      // The supervisor's QUOTA_EXCEEDED reaches callers as a 429-class limit that says the
+      // bound is shared by every tenant.
+      await assert.rejects(
+        remote.exec(info.id, { command: 'true' }),
+        (e: unknown) =>
+          isPalisadeError(e, 'EXEC_LIMIT_REACHED') &&
+          /all tenants together/.test(e.message) &&
+          /more than 3 commands running/.test(e.message),
       );
       for (const h of handles) await h.kill();
       await Promise.all(handles.map((h) => h.done));
@@ -251,14 +257,20 @@ describe('supervisor', () => {
     }
   });
 
-  it('network, mounts and host workspaces are refused through the supervisor with a clear error', async () => {
+  it('ready-made bridges, network without a gateway, mounts and host workspaces are refused through the supervisor with a clear error', async () => {
     const remote = await connectRemoteRuntime({ socketPath: socketPath() });
     try {
       await assert.rejects(
-        remote.create({ network: { bridges: [] } }),
+        remote.create({ network: { bridges: [{ port: 3128, hostSocket: '/etc/passwd' }] } }),
         (e: unknown) =>
-          isPalisadeError(e, 'REQUIREMENT_MISSING') && /--single-process/.test(e.message),
+          isPalisadeError(e, 'INVALID_ARGUMENT') && /Ready-made network bridges/.test(e.message),
       );
+      // This supervisor was started without the egress option.
+      await assert.rejects(
+        remote.create({ network: async () => ({ bridges: [] }) }),
+        (e: unknown) => isPalisadeError(e, 'REQUIREMENT_MISSING') && /egress/.test(e.message),
+      );
+      assert.deepEqual(engine.list(), [], 'nothing was created');
       await assert.rejects(remote.create({ mounts: [{ source: '/' }] }), (e: unknown) =>
         isPalisadeError(e, 'INVALID_ARGUMENT'),
       );
