@@ -6,18 +6,40 @@
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { AuditLog } from '../audit/index.js';
-import { isScope, KeyStore, MCP_TOOLS, READ_ONLY_TOOLS, type Scope } from '../auth/index.js';
+import {
+  isScope,
+  KeyStore,
+  MCP_TOOLS,
+  READ_ONLY_TOOLS,
+  SCOPES,
+  type Scope,
+} from '../auth/index.js';
 import { PalisadeError } from '../errors/index.js';
 import { openStore } from '../store/index.js';
 import { DEFAULT_DATA_ROOT } from './engine-config.js';
+
+/** What each scope allows; a Record over Scope, so a new scope cannot be added without a line here. */
+const SCOPE_HELP: Record<Scope, string> = {
+  admin: 'everything, including key management, kill switch and all tenants',
+  'sandboxes:read': 'list and inspect sandboxes, executions and files; WebSocket streams',
+  'sandboxes:write': 'create, destroy, pause and resume sandboxes; write files; network policy',
+  'sandboxes:exec': 'run commands in sandboxes',
+  'audit:read': "read the tenant's audit log",
+  'metrics:read': 'read Prometheus metrics at /metrics',
+  'approvals:write': 'list, approve and deny pending human approvals (and read their feed)',
+};
+
+const SCOPE_LINES = SCOPES.map((s) => `  ${s.padEnd(16)} ${SCOPE_HELP[s]}`).join('\n');
 
 export const KEYS_USAGE = `Usage:
   palisade keys create --name NAME [--tenant T] [--scope S]... [--admin] [--expires ISO-TIME]
                        [--sandbox SANDBOX-ID] [--tools TOOL,...] [--read-only] [--data-dir DIR]
   palisade keys list [--tenant T] [--data-dir DIR]
   palisade keys revoke KEY-ID [--data-dir DIR]
+  palisade keys [SUBCOMMAND] --help
 
-Scopes: admin, sandboxes:read, sandboxes:write, sandboxes:exec, audit:read, metrics:read
+Scopes (--scope, repeatable; --admin is --scope admin):
+${SCOPE_LINES}
 Restrictions (not with --admin): --sandbox limits the key to one sandbox of its tenant;
 --tools limits it to these MCP tools and the API routes they need; --read-only is --tools with
 the tools that change nothing (${READ_ONLY_TOOLS.join(', ')}).
@@ -43,15 +65,30 @@ export async function keysCommand(args: string[]): Promise<number> {
         'read-only': { type: 'boolean' },
         'data-dir': { type: 'string' },
         json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
       },
     });
   } catch (err) {
     throw new PalisadeError('INVALID_ARGUMENT', `${(err as Error).message}\n\n${KEYS_USAGE}`);
   }
   const v = parsed.values;
+  if (v.help || sub === 'help' || sub === '--help' || sub === '-h') {
+    process.stdout.write(KEYS_USAGE);
+    return 0;
+  }
   if (sub !== 'create' && sub !== 'list' && sub !== 'revoke') {
     process.stderr.write(KEYS_USAGE);
     return 3;
+  }
+  const scopes = [...(v.scope ?? []), ...(v.admin ? ['admin'] : [])];
+  if (sub === 'create') {
+    const bad = scopes.find((s) => !isScope(s));
+    if (bad !== undefined || scopes.length === 0) {
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        `${bad !== undefined ? `Unknown scope ${JSON.stringify(bad.slice(0, 40))}. ` : ''}Give one or more valid --scope values (or --admin).\n\n${KEYS_USAGE}`,
+      );
+    }
   }
   const store = await openStore({ dataDir: resolve(v['data-dir'] ?? DEFAULT_DATA_ROOT) });
   try {
@@ -60,14 +97,6 @@ export async function keysCommand(args: string[]): Promise<number> {
     if (sub === 'create') {
       if (v.name === undefined)
         throw new PalisadeError('INVALID_ARGUMENT', `--name is required.\n\n${KEYS_USAGE}`);
-      const scopes = [...(v.scope ?? []), ...(v.admin ? ['admin'] : [])];
-      const bad = scopes.find((s) => !isScope(s));
-      if (bad !== undefined || scopes.length === 0) {
-        throw new PalisadeError(
-          'INVALID_ARGUMENT',
-          `Give one or more valid --scope values (or --admin).\n\n${KEYS_USAGE}`,
-        );
-      }
       let expiresAt: Date | null = null;
       if (v.expires !== undefined) {
         expiresAt = new Date(v.expires);

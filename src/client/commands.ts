@@ -3,7 +3,7 @@
  * start it in the background and get a handle. Output always travels base64-encoded so the
  * SDK can hand out both exact bytes and UTF-8 text.
  */
-import { CommandStreamError, ConnectionError, ProtocolError } from './errors.js';
+import { CommandStreamError, ConnectionError, PolicyDeniedError, ProtocolError } from './errors.js';
 import { SseParser } from './sse.js';
 import { assertArgument, concat, sleep, type Transport } from './transport.js';
 import type { CommandResult, ExecInfo, LogPage } from './types.js';
@@ -340,13 +340,18 @@ async function consumeStream(
     else if (name === 'stdout' || name === 'stderr')
       out.push(name, fromBase64(String(payload.data ?? '')));
     else if (name === 'exit') exit = payload as unknown as typeof exit;
-    else if (name === 'error')
-      throw new CommandStreamError({
+    else if (name === 'error') {
+      const init = {
         status: 200,
         code: typeof payload.code === 'string' ? payload.code : 'INTERNAL',
         message: typeof payload.message === 'string' ? payload.message : 'The command failed.',
         requestId: typeof payload.requestId === 'string' ? payload.requestId : requestId,
-      });
+      };
+      // A command the policy asked about and a human denied (or no one approved in time) ends
+      // the stream this way, after a `pending` event: the same class as a non-streamed denial.
+      if (init.code === 'POLICY_DENIED') throw new PolicyDeniedError(init);
+      throw new CommandStreamError(init);
+    }
   };
   const reader = res.body?.getReader();
   if (!reader) throw new ProtocolError('The command stream has no body.', requestId);

@@ -1,8 +1,16 @@
 /** `sandbox.files`: the sandbox's filesystem through the files routes (paths as seen inside). */
-import { NotFoundError } from './errors.js';
+import { InvalidArgumentError, NotFoundError } from './errors.js';
 import { sandboxPath } from './commands.js';
 import { assertArgument, type Transport } from './transport.js';
-import type { FileListing, FileStat, SearchResult, WriteResult } from './types.js';
+import type { FileEntry, FileListing, FileStat, SearchResult, WriteResult } from './types.js';
+
+/**
+ * A path inside the sandbox: a string (sent as UTF-8) or the exact bytes (a Buffer or
+ * Uint8Array), for names that are not valid UTF-8. Byte paths are sent percent-encoded byte for
+ * byte; read, write, list, stat, exists and remove accept any bytes. mkdir, move, edit and search
+ * send JSON, which carries only text: there a byte path must be valid UTF-8.
+ */
+export type FilePath = string | Uint8Array;
 
 export interface ReadOptions {
   /** First byte to read. @default 0 */
@@ -32,7 +40,7 @@ export class Files {
   }
 
   /** The file's bytes (or a range of them). */
-  async read(path: string, options: ReadOptions = {}): Promise<Uint8Array> {
+  async read(path: FilePath, options: ReadOptions = {}): Promise<Uint8Array> {
     checkPath(path);
     const { offset, length } = options;
     if (offset !== undefined)
@@ -62,13 +70,13 @@ export class Files {
   }
 
   /** The file decoded as UTF-8 (invalid sequences become U+FFFD). */
-  async readText(path: string, options: ReadOptions = {}): Promise<string> {
+  async readText(path: FilePath, options: ReadOptions = {}): Promise<string> {
     return new TextDecoder().decode(await this.read(path, options));
   }
 
   /** Creates or replaces a file (strings are written as UTF-8). */
   async write(
-    path: string,
+    path: FilePath,
     data: string | Uint8Array,
     options: WriteOptions = {},
   ): Promise<WriteResult> {
@@ -98,20 +106,25 @@ export class Files {
   }
 
   /** Entries of a directory (bounded by the server; `truncated` says if some were left out). */
-  async list(path: string, options: Signal = {}): Promise<FileListing> {
+  async list(path: FilePath, options: Signal = {}): Promise<FileListing> {
     checkPath(path);
-    return (
-      await this.#transport.json<FileListing>({
-        method: 'GET',
-        path: `${this.#base}/list`,
-        query: { path },
-        signal: options.signal,
-      })
-    ).body;
+    const { body } = await this.#transport.json<{
+      entries: Array<Omit<FileEntry, 'nameBytes'>>;
+      truncated: boolean;
+    }>({
+      method: 'GET',
+      path: `${this.#base}/list`,
+      query: { path },
+      signal: options.signal,
+    });
+    return {
+      ...body,
+      entries: body.entries.map((e) => ({ ...e, nameBytes: fromBase64(e.nameBase64, e.name) })),
+    };
   }
 
   /** Type, size, mode and mtime; symlinks are not followed (`target` says where they point). */
-  async stat(path: string, options: Signal = {}): Promise<FileStat> {
+  async stat(path: FilePath, options: Signal = {}): Promise<FileStat> {
     checkPath(path);
     return (
       await this.#transport.json<FileStat>({
@@ -124,7 +137,7 @@ export class Files {
   }
 
   /** True if the path exists (a NotFoundError from stat means false). */
-  async exists(path: string, options: Signal = {}): Promise<boolean> {
+  async exists(path: FilePath, options: Signal = {}): Promise<boolean> {
     try {
       await this.stat(path, options);
       return true;
@@ -135,20 +148,23 @@ export class Files {
   }
 
   /** Creates a directory; with `parents`, missing parents too (and no error if it exists). */
-  async mkdir(path: string, options: { parents?: boolean } & Signal = {}): Promise<void> {
+  async mkdir(path: FilePath, options: { parents?: boolean } & Signal = {}): Promise<void> {
     checkPath(path);
     await this.#transport.json({
       method: 'POST',
       path: `${this.#base}/mkdir`,
-      json: { path, ...(options.parents !== undefined ? { parents: options.parents } : {}) },
+      json: {
+        path: jsonPath(path, 'mkdir'),
+        ...(options.parents !== undefined ? { parents: options.parents } : {}),
+      },
       signal: options.signal,
     });
   }
 
   /** Renames `from` to `to`; an existing `to` is an error unless `overwrite`. */
   async move(
-    from: string,
-    to: string,
+    from: FilePath,
+    to: FilePath,
     options: { overwrite?: boolean } & Signal = {},
   ): Promise<void> {
     checkPath(from);
@@ -157,8 +173,8 @@ export class Files {
       method: 'POST',
       path: `${this.#base}/move`,
       json: {
-        from,
-        to,
+        from: jsonPath(from, 'move'),
+        to: jsonPath(to, 'move'),
         ...(options.overwrite !== undefined ? { overwrite: options.overwrite } : {}),
       },
       signal: options.signal,
@@ -166,7 +182,7 @@ export class Files {
   }
 
   /** Deletes a file, or a directory (non-empty ones only with `recursive`). */
-  async remove(path: string, options: { recursive?: boolean } & Signal = {}): Promise<void> {
+  async remove(path: FilePath, options: { recursive?: boolean } & Signal = {}): Promise<void> {
     checkPath(path);
     await this.#transport.json({
       method: 'DELETE',
@@ -181,7 +197,7 @@ export class Files {
    * (EDIT_NO_MATCH / EDIT_NOT_UNIQUE otherwise, as InvalidRequestError).
    */
   async edit(
-    path: string,
+    path: FilePath,
     oldText: string,
     newText: string,
     options: { replaceAll?: boolean } & Signal = {},
@@ -197,7 +213,7 @@ export class Files {
         method: 'POST',
         path: `${this.#base}/edit`,
         json: {
-          path,
+          path: jsonPath(path, 'edit'),
           oldText,
           newText,
           ...(options.replaceAll !== undefined ? { replaceAll: options.replaceAll } : {}),
@@ -209,28 +225,69 @@ export class Files {
 
   /** Paths under `path` whose relative path matches `glob` (e.g. "**\/*.ts"). */
   async search(
-    path: string,
+    path: FilePath,
     glob: string,
     options: { maxResults?: number } & Signal = {},
   ): Promise<SearchResult> {
     checkPath(path);
     assertArgument(typeof glob === 'string' && glob.length > 0, 'glob must be a non-empty string.');
-    return (
-      await this.#transport.json<SearchResult>({
-        method: 'POST',
-        path: `${this.#base}/search`,
-        json: {
-          path,
-          glob,
-          ...(options.maxResults !== undefined ? { maxResults: options.maxResults } : {}),
-        },
-        signal: options.signal,
-      })
-    ).body;
+    const { body } = await this.#transport.json<{
+      matches: Array<Omit<SearchResult['matches'][number], 'pathBytes'>>;
+      truncated: boolean;
+    }>({
+      method: 'POST',
+      path: `${this.#base}/search`,
+      json: {
+        path: jsonPath(path, 'search'),
+        glob,
+        ...(options.maxResults !== undefined ? { maxResults: options.maxResults } : {}),
+      },
+      signal: options.signal,
+    });
+    return {
+      ...body,
+      matches: body.matches.map((m) => ({ ...m, pathBytes: fromBase64(m.pathBase64, m.path) })),
+    };
   }
 }
 
-function checkPath(path: string): void {
-  assertArgument(typeof path === 'string' && path.length > 0, 'path must be a non-empty string.');
+/** The engine's own bound on a path (PATH_MAX less the terminating NUL). */
+const MAX_PATH_BYTES = 4095;
+
+function checkPath(path: FilePath): void {
+  if (path instanceof Uint8Array) {
+    assertArgument(path.length > 0, 'path must not be empty.');
+    assertArgument(!path.includes(0), 'path must not contain NUL bytes.');
+    assertArgument(
+      path.length <= MAX_PATH_BYTES,
+      `path must be at most ${MAX_PATH_BYTES} bytes long.`,
+    );
+    return;
+  }
+  assertArgument(
+    typeof path === 'string' && path.length > 0,
+    'path must be a non-empty string or Uint8Array.',
+  );
   assertArgument(!path.includes('\0'), 'path must not contain NUL bytes.');
+}
+
+/** The path as JSON text: byte paths must be valid UTF-8 here (JSON carries no raw bytes). */
+function jsonPath(path: FilePath, operation: string): string {
+  checkPath(path);
+  if (typeof path === 'string') return path;
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(path);
+  } catch {
+    throw new InvalidArgumentError(
+      `${operation} takes a path that is valid UTF-8 (the server's ${operation} route receives JSON text); ` +
+        'read, write, list, stat and remove accept any bytes. Rename such a file with a command in the sandbox.',
+    );
+  }
+}
+
+/** The exact bytes the server sent; an older server without the base64 field gives the text. */
+function fromBase64(base64: string | undefined, fallback: string): Uint8Array {
+  return typeof base64 === 'string'
+    ? new Uint8Array(Buffer.from(base64, 'base64'))
+    : new TextEncoder().encode(fallback);
 }

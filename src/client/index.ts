@@ -15,7 +15,7 @@ export {
   type RunOptions,
   type WaitOptions,
 } from './commands.js';
-export { Files, type ReadOptions, type WriteOptions } from './files.js';
+export { Files, type FilePath, type ReadOptions, type WriteOptions } from './files.js';
 export { Network } from './network.js';
 export {
   AbortError,

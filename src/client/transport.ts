@@ -50,7 +50,8 @@ export interface RequestSpec {
   method: HttpMethod;
   /** Path under the base URL, starting with /v1/… (segments already encoded). */
   path: string;
-  query?: Record<string, string | number | boolean | undefined>;
+  /** Strings are URL-encoded as UTF-8; a Uint8Array is sent percent-encoded byte for byte. */
+  query?: Record<string, string | number | boolean | Uint8Array | undefined>;
   json?: unknown;
   body?: Uint8Array;
   headers?: Record<string, string>;
@@ -246,8 +247,12 @@ export class Transport {
     let url = this.#options.baseUrl + spec.path;
     if (spec.query) {
       const q = new URLSearchParams();
-      for (const [k, v] of Object.entries(spec.query)) if (v !== undefined) q.set(k, String(v));
-      const text = q.toString();
+      const raw: string[] = [];
+      for (const [k, v] of Object.entries(spec.query)) {
+        if (v instanceof Uint8Array) raw.push(`${encodeURIComponent(k)}=${percentEncodeBytes(v)}`);
+        else if (v !== undefined) q.set(k, String(v));
+      }
+      const text = [q.toString(), ...raw].filter((part) => part.length > 0).join('&');
       if (text.length > 0) url += `?${text}`;
     }
     return url;
@@ -426,6 +431,18 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }, ms);
     signal?.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+const UNRESERVED = /[A-Za-z0-9\-._~]/;
+
+/** Every byte that is not an unreserved ASCII character becomes %XX (exact bytes, no UTF-8). */
+export function percentEncodeBytes(bytes: Uint8Array): string {
+  let out = '';
+  for (const b of bytes) {
+    const c = String.fromCharCode(b);
+    out += b < 0x80 && UNRESERVED.test(c) ? c : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
 }
 
 export function assertArgument(condition: boolean, message: string): asserts condition {

@@ -146,6 +146,11 @@ export interface FileEntry {
   name: string;
   /** The exact name bytes, base64 (for names that are not valid UTF-8). */
   nameBase64: string;
+  /**
+   * The exact name bytes (decoded from `nameBase64` by the SDK): pass `join(dirBytes, nameBytes)`
+   * back to read/write/stat/list/remove to reach a name that is not valid UTF-8.
+   */
+  nameBytes: Uint8Array;
   type: FileType;
   size: number;
   mode: number;
@@ -170,6 +175,8 @@ export interface FileStat {
 export interface SearchMatch {
   path: string;
   pathBase64: string;
+  /** The exact path bytes (decoded from `pathBase64` by the SDK). */
+  pathBytes: Uint8Array;
   type: FileType;
 }
 

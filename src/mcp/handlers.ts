@@ -1,5 +1,11 @@
 import type { McpToolName } from '../auth/index.js';
 import type { PalisadeClient, SandboxInfo } from '../client/index.js';
+import {
+  describeState,
+  followAskedExec,
+  stateOf,
+  type ApprovalWaitOptions,
+} from './approval-wait.js';
 import { capText, looksLikeText, renderStream, type OutputLimits } from './output.js';
 
 /** Who is calling: always derived from the API key by the server, never from tool arguments. */
@@ -18,6 +24,10 @@ export interface ToolContext {
   identity: McpIdentity;
   limits: OutputLimits;
   signal?: AbortSignal | undefined;
+  /** How an exec the policy asks about waits for a human (see approval-wait.ts). */
+  approvals?: ApprovalWaitOptions | undefined;
+  /** Whether this identity may use a tool (the approval flow needs policy_check and exec_poll). */
+  canUse?: ((tool: McpToolName) => boolean) | undefined;
 }
 
 /** A tool's own refusal of its arguments (shown to the model as an error result). */
@@ -84,6 +94,35 @@ function decodeContent(args: Args, limits: OutputLimits): Uint8Array {
       `content is larger than ${limits.maxWriteBytes} bytes; write it in parts or generate it inside the sandbox with exec.`,
     );
   return bytes;
+}
+
+/**
+ * The policy's reason if it asks about this command, else null. Also null when this identity
+ * cannot follow an approval (no policy_check or exec_poll) or the check fails: the exec then
+ * takes the ordinary path, where the server still applies the policy (and holds an asked
+ * command until a human decides).
+ */
+async function askReason(
+  ctx: ToolContext,
+  sandboxId: string,
+  command: string,
+  cwd: string | undefined,
+): Promise<string | null> {
+  if (!ctx.canUse?.('policy_check') || !ctx.canUse('exec_poll')) return null;
+  if (!/^sb-[a-z2-7]{20}$/.test(sandboxId)) return null;
+  try {
+    const r = await ctx.client.request<{ decision: string; reason: string }>(
+      defined({
+        method: 'POST' as const,
+        path: `/v1/sandboxes/${sandboxId}/policy/check`,
+        json: defined({ command, cwd }),
+        signal: ctx.signal,
+      }) as { method: 'POST'; path: string },
+    );
+    return r.decision === 'ask' ? r.reason : null;
+  } catch {
+    return null;
+  }
 }
 
 export const HANDLERS: Readonly<Record<McpToolName, Handler>> = {
@@ -155,7 +194,28 @@ export const HANDLERS: Readonly<Record<McpToolName, Handler>> = {
 
   async exec(args, ctx) {
     const { limits } = ctx;
-    const r = await ctx.client.sandbox(sandboxIdOf(args, ctx)).commands.run(
+    const sandboxId = sandboxIdOf(args, ctx);
+    const asked = await askReason(ctx, sandboxId, str(args.command)!, str(args.cwd));
+    if (asked !== null) {
+      const handle = await ctx.client.sandbox(sandboxId).commands.run(str(args.command)!, {
+        ...defined({
+          cwd: str(args.cwd),
+          env: stringMap(args.env),
+          timeoutMs: num(args.timeoutMs),
+          stdin: str(args.stdin),
+          signal: ctx.signal,
+        }),
+        background: true,
+      });
+      return followAskedExec(
+        handle,
+        asked,
+        ctx.approvals ?? { waitMs: 0, pollIntervalMs: 500 },
+        limits,
+        ctx.signal,
+      );
+    }
+    const r = await ctx.client.sandbox(sandboxId).commands.run(
       str(args.command)!,
       defined({
         cwd: str(args.cwd),
@@ -192,6 +252,10 @@ export const HANDLERS: Readonly<Record<McpToolName, Handler>> = {
         }),
         background: true,
       });
+    const state = stateOf(handle.started);
+    if (state.status === 'pending') {
+      return `Execution ${handle.id} is waiting for a human approval (${state.approvalId ?? 'approval'}): the permission policy asks before this command runs. It starts once approved; do not start it again. Follow it with exec_poll {"execId": "${handle.id}", "cursor": "0"}.`;
+    }
     return `Started execution ${handle.id} (${handle.started.status}). Read its output with exec_poll {"execId": "${handle.id}", "cursor": "0"}.`;
   },
 
@@ -208,13 +272,10 @@ export const HANDLERS: Readonly<Record<McpToolName, Handler>> = {
     );
     const out = { stdout: [] as Uint8Array[], stderr: [] as Uint8Array[] };
     for (const c of page.chunks) out[c.stream].push(c.data);
-    const e = page.exec;
-    const status =
-      e.status === 'running'
-        ? 'running'
-        : `exited: ${e.exitCode !== null ? `exit code ${e.exitCode}` : `signal ${e.signal ?? 'unknown'}`}${e.timedOut ? ' (timed out)' : ''}${e.interrupted ? ' (interrupted)' : ''}`;
+    const e = stateOf(page.exec);
+    const status = describeState(e);
     const more =
-      page.chunks.length > 0 || e.status === 'running'
+      page.chunks.length > 0 || e.status === 'running' || e.status === 'pending'
         ? `Call exec_poll again with cursor "${page.nextCursor}" for more.`
         : 'All output has been read.';
     return (
@@ -354,7 +415,7 @@ export const HANDLERS: Readonly<Record<McpToolName, Handler>> = {
       r.decision === 'allow'
         ? 'exec would run it'
         : r.decision === 'ask'
-          ? 'exec would refuse it until a human approves (approvals are not available in this version, so it would not run)'
+          ? 'exec would hold it until a human approves it: the call waits (with progress notifications) or returns a pending approval id to follow with exec_poll'
           : 'exec would refuse it';
     return `decision: ${r.decision} (${meaning})\nreason: ${r.reason}\npolicy: ${r.source}`;
   },

@@ -8,11 +8,26 @@
 export {
   createMcpServer,
   describeFailure,
+  DEFAULT_MCP_APPROVAL_OPTIONS,
   MCP_SERVER_NAME,
   MCP_SERVER_VERSION,
+  type McpApprovalOptions,
   type McpServerOptions,
 } from './server.js';
-export { runStdioMcpServer, identityOf, type StdioOptions } from './stdio.js';
+export {
+  ApprovalRefusedError,
+  describeState,
+  pendingText,
+  type ApprovalWaitOptions,
+  type ExecState,
+} from './approval-wait.js';
+export { startProgress, type ProgressReporter, type ProgressSink } from './progress.js';
+export {
+  approvalOptionsFromEnv,
+  runStdioMcpServer,
+  identityOf,
+  type StdioOptions,
+} from './stdio.js';
 export { TOOL_DEFINITIONS, toolsFor, type ToolDefinition } from './tools.js';
 export { HANDLERS, ToolInputError, type McpIdentity, type ToolContext } from './handlers.js';
 export {

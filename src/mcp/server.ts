@@ -6,8 +6,10 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import { isMcpToolName, toolsAllowed, type McpToolName } from '../auth/index.js';
 import { PalisadeClientError, type PalisadeClient } from '../client/index.js';
+import { ApprovalRefusedError } from './approval-wait.js';
 import { HANDLERS, ToolInputError, type McpIdentity } from './handlers.js';
 import { DEFAULT_OUTPUT_LIMITS, type OutputLimits } from './output.js';
+import { startProgress } from './progress.js';
 import { checkValue } from './schema.js';
 import { toolsFor } from './tools.js';
 
@@ -22,12 +24,37 @@ export interface McpServerOptions {
   limits?: Partial<OutputLimits>;
   /** Called after every tool call (for logs); never given arguments or output. */
   onToolCall?: (event: { tool: string; ok: boolean; code?: string }) => void;
+  /** How tool calls that need a human approval behave (docs/mcp.md). */
+  approvals?: Partial<McpApprovalOptions>;
 }
+
+export interface McpApprovalOptions {
+  /**
+   * How long a call whose client sent a progress token waits for a human (sending progress
+   * notifications) before returning the pending result; 0 = always return it at once.
+   * Calls without a progress token always get the pending result at once. @default 5 min
+   */
+  waitMs: number;
+  /** Interval of notifications/progress while a call waits or runs. @default 5 s */
+  progressIntervalMs: number;
+  /** How often a waiting exec's status is read. @default 500 ms */
+  pollIntervalMs: number;
+}
+
+export const DEFAULT_MCP_APPROVAL_OPTIONS: McpApprovalOptions = {
+  waitMs: 5 * 60_000,
+  progressIntervalMs: 5_000,
+  pollIntervalMs: 500,
+};
+
+const FILE_TOOLS = new Set(['file_read', 'file_write', 'file_edit', 'file_list', 'file_search']);
 
 const INSTRUCTIONS = `Palisade runs commands and file operations in isolated Linux sandboxes.
 Create a sandbox with sandbox_create (or use the one this key is restricted to), then use exec,
 file_* and the other tools with its id. Every call is checked by the operator's permission
-policy: a denied call returns an error explaining the rule; use policy_check to ask first.`;
+policy: a denied call returns an error explaining the rule; use policy_check to ask first.
+A command the policy asks a human about either waits for the decision, or returns
+"PENDING APPROVAL" with an execution id: then do not run it again, follow it with exec_poll.`;
 
 function errorResult(text: string): CallToolResult {
   return { content: [{ type: 'text', text }], isError: true };
@@ -36,8 +63,11 @@ function errorResult(text: string): CallToolResult {
 /** Turns any failure into a tool error result the model can act on, without internals. */
 export function describeFailure(err: unknown): { text: string; code: string } {
   if (err instanceof ToolInputError) return { text: err.message, code: 'INVALID_ARGUMENT' };
+  if (err instanceof ApprovalRefusedError) return { text: err.message, code: err.code };
   if (err instanceof PalisadeClientError) {
     const rid = err.requestId ? ` (request ${err.requestId})` : '';
+    if (err.code === 'POLICY_DENIED' && /^(A human denied|No one approved)/.test(err.message))
+      return { text: `Denied by a human approver: ${err.message}${rid}`, code: err.code };
     if (err.code === 'POLICY_DENIED')
       return { text: `Denied by the permission policy: ${err.message}${rid}`, code: err.code };
     if (err.code === 'POLICY_ASK')
@@ -57,6 +87,10 @@ export function describeFailure(err: unknown): { text: string; code: string } {
  */
 export function createMcpServer(options: McpServerOptions): Server {
   const limits: OutputLimits = { ...DEFAULT_OUTPUT_LIMITS, ...options.limits };
+  const approvalOptions: McpApprovalOptions = {
+    ...DEFAULT_MCP_APPROVAL_OPTIONS,
+    ...options.approvals,
+  };
   const { identity } = options;
   const scopes = new Set(identity.scopes);
   const allowed = toolsAllowed(
@@ -98,12 +132,29 @@ export function createMcpServer(options: McpServerOptions): Server {
         options.onToolCall?.({ tool: name, ok: false, code: 'INVALID_ARGUMENT' });
         return errorResult(`INVALID_ARGUMENT: ${problem}`);
       }
+      const progressToken = request.params._meta?.progressToken;
+      // With a progress token the client hears from a long call (e.g. one held for a human)
+      // every interval, so its request timeout can keep resetting.
+      const progress =
+        progressToken === undefined
+          ? undefined
+          : startProgress(
+              { progressToken, send: (n) => extra.sendNotification(n) },
+              approvalOptions.progressIntervalMs,
+              `${name} is still in progress${FILE_TOOLS.has(name) ? ' (the server may be holding it for a human approval)' : ''}.`,
+            );
       try {
         const text = await HANDLERS[name as McpToolName](args, {
           client: options.client,
           identity,
           limits,
           signal: extra.signal,
+          approvals: {
+            waitMs: progress ? approvalOptions.waitMs : 0,
+            pollIntervalMs: approvalOptions.pollIntervalMs,
+            progress,
+          },
+          canUse: (tool) => byName.has(tool),
         });
         options.onToolCall?.({ tool: name, ok: true });
         return { content: [{ type: 'text', text }] };
@@ -111,6 +162,8 @@ export function createMcpServer(options: McpServerOptions): Server {
         const failure = describeFailure(err);
         options.onToolCall?.({ tool: name, ok: false, code: failure.code });
         return errorResult(failure.text);
+      } finally {
+        progress?.stop();
       }
     },
   );

@@ -155,7 +155,7 @@ export const TOOL_DEFINITIONS: readonly ToolDefinition[] = [
   ),
   tool(
     'exec',
-    'Run a shell command in a sandbox and wait for it. Returns the exit code, stdout and stderr (each cut at 64 KiB, with a note when cut). The permission policy may deny the command; the reason is returned.',
+    'Run a shell command in a sandbox and wait for it. Returns the exit code, stdout and stderr (each cut at 64 KiB, with a note when cut). The permission policy may deny the command (the reason is returned) or ask a human first: then the call waits for the decision, or returns PENDING APPROVAL with an execution id to follow with exec_poll.',
     {
       sandboxId: SANDBOX_ID,
       command: COMMAND,

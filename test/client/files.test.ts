@@ -128,6 +128,70 @@ describe('sandbox.files against the real files routes', () => {
     assert.equal(await sb.files.exists('/workspace/src'), false);
   });
 
+  it('byte paths reach names that are not valid UTF-8, and listings return the raw names', async () => {
+    const dir = Buffer.from('/workspace/raw');
+    const latin1 = Buffer.from([0x63, 0x61, 0x66, 0xe9]); // "café" in Latin-1: not UTF-8
+    // Bytes that URL encoding treats specially must arrive as themselves.
+    const tricky = Buffer.from('a+b c%2F&x=1?#.txt');
+    const join = (...parts: Uint8Array[]) =>
+      Buffer.concat(parts.flatMap((p, i) => (i === 0 ? [p] : [Buffer.from('/'), p])));
+    await sb.files.mkdir(dir);
+    const written = await sb.files.write(join(dir, latin1), 'latin1 content');
+    assert.equal(written.size, 14);
+    await sb.files.write(join(dir, tricky), new Uint8Array([1, 2, 3]));
+    assert.equal(await sb.files.readText(join(dir, latin1)), 'latin1 content');
+    assert.deepEqual(await sb.files.read(join(dir, tricky)), new Uint8Array([1, 2, 3]));
+    // Not the same as the lossy text form of the name: that file does not exist.
+    assert.equal(await sb.files.exists(`/workspace/raw/caf\uFFFD`), false);
+    assert.equal((await sb.files.stat(join(dir, latin1))).type, 'file');
+    assert.equal(await sb.files.exists(join(dir, latin1)), true);
+
+    // The sandbox's own view: exactly these two names, byte for byte.
+    const ls = await sb.commands.run(
+      'cd /workspace/raw && for f in *; do printf %s "$f" | od -An -v -w4096 -tx1; done',
+    );
+    const names = ls.stdout
+      .trim()
+      .split('\n')
+      .map((l) => Buffer.from(l.trim().replace(/\s+/g, ''), 'hex'));
+    assert.deepEqual(
+      names.map((n) => n.toString('hex')).sort(),
+      [latin1.toString('hex'), tricky.toString('hex')].sort(),
+    );
+
+    const listing = await sb.files.list(dir);
+    const raw = listing.entries.map((e) => Buffer.from(e.nameBytes).toString('hex')).sort();
+    assert.deepEqual(raw, [latin1.toString('hex'), tricky.toString('hex')].sort());
+    for (const e of listing.entries) assert.ok(e.nameBytes instanceof Uint8Array);
+    // A listed name passed back as bytes reaches the same file.
+    const entry = listing.entries.find((e) => Buffer.from(e.nameBytes).equals(latin1))!;
+    assert.equal(await sb.files.readText(join(dir, entry.nameBytes)), 'latin1 content');
+
+    const found = await sb.files.search('/workspace/raw', '*');
+    assert.deepEqual(
+      found.matches.map((m) => Buffer.from(m.pathBytes).toString('hex')).sort(),
+      [latin1.toString('hex'), tricky.toString('hex')].sort(),
+    );
+
+    // JSON routes carry text: a byte path that is not UTF-8 is refused before any request.
+    await assert.rejects(sb.files.mkdir(join(dir, latin1, Buffer.from('sub'))), (err: unknown) => {
+      assert.ok(err instanceof InvalidArgumentError);
+      assert.match(err.message, /valid UTF-8/);
+      return true;
+    });
+    await assert.rejects(sb.files.move(join(dir, latin1), '/workspace/x'), InvalidArgumentError);
+    // ...while a UTF-8 byte path works there too.
+    await sb.files.mkdir(Buffer.from('/workspace/raw/sub dir'));
+    assert.equal((await sb.files.stat('/workspace/raw/sub dir')).type, 'directory');
+    await assert.rejects(sb.files.read(new Uint8Array(0)), InvalidArgumentError);
+    await assert.rejects(sb.files.read(Buffer.from([0x2f, 0, 0x61])), InvalidArgumentError);
+
+    await sb.files.remove(join(dir, latin1));
+    assert.equal(await sb.files.exists(join(dir, latin1)), false);
+    assert.equal(await sb.files.exists(join(dir, tricky)), true);
+    await sb.files.remove(dir, { recursive: true });
+  });
+
   it('errors: missing file, bad path, too large', async () => {
     await assert.rejects(sb.files.read('/workspace/missing'), (err: unknown) => {
       assert.ok(err instanceof NotFoundError);

@@ -40,12 +40,21 @@ function wrap(client: Client, stderr: () => string): McpSession {
 }
 
 /** The real `palisade mcp` (from source) as a subprocess, driven by the official SDK Client. */
-export async function stdioSession(url: string, key: string): Promise<McpSession> {
+export async function stdioSession(
+  url: string,
+  key: string,
+  extraEnv: Record<string, string> = {},
+): Promise<McpSession> {
   const transport = new StdioClientTransport({
     command: process.execPath,
     args: ['--import', 'tsx', 'test/mcp/cli-entry.ts', 'mcp'],
     cwd: ROOT,
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', PALISADE_URL: url, PALISADE_API_KEY: key },
+    env: {
+      PATH: process.env.PATH ?? '/usr/bin:/bin',
+      PALISADE_URL: url,
+      PALISADE_API_KEY: key,
+      ...extraEnv,
+    },
     stderr: 'pipe',
   });
   let err = '';
