@@ -2,13 +2,30 @@
  * `palisade serve`: the authenticated HTTP API. Binds 127.0.0.1 unless TLS (or a TLS proxy in
  * front) is configured; prints the admin key once, on the first start of a data directory.
  */
-import { chmodSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import {
+  applyEnvFile,
+  loadServeConfig,
+  mergeFlagValues,
+  PolicyFileWatcher,
+  readOperatorFile,
+  sha256Hex,
+  toFlagArgs,
+} from '../config/index.js';
 import { PalisadeError } from '../errors/index.js';
-import { MAX_POLICY_BYTES, parsePolicy } from '../policy/index.js';
+import { MAX_POLICY_BYTES, parsePolicy, type PolicyLayer } from '../policy/index.js';
 import { createSandboxRuntime, type SandboxRuntime } from '../sandbox/index.js';
-import { resolveConfig, startControlPlane, type ServerConfigInput } from '../server/index.js';
+import {
+  OPS_FLAG_OPTIONS,
+  OPS_FLAGS_USAGE,
+  opsConfigFromFlags,
+  resolveConfig,
+  startControlPlane,
+  type ControlPlane,
+  type ServerConfigInput,
+} from '../server/index.js';
 import {
   connectRemoteRuntime,
   DEFAULT_SERVICE_USER,
@@ -16,7 +33,9 @@ import {
   ensureServiceUser,
   prepareSeparatedDataDir,
   readWorkerSecrets,
+  sendWorkerMessage,
   spawnWorker,
+  type WorkerMessage,
   startSupervisor,
   type ServiceUser,
 } from '../supervisor/index.js';
@@ -25,6 +44,9 @@ import { DEFAULT_DATA_ROOT } from './engine-config.js';
 export const SERVE_USAGE = `Usage: palisade serve [options]
 
 Options:
+  --config FILE          read these options from a YAML/JSON file (keys are the flag names;
+                         flags given here override it); see docs/config.md
+  --environment-file FILE  set PALISADE_* settings from a dotenv file (no other variable)
   --host HOST            address to bind (default 127.0.0.1; others need TLS or --behind-tls-proxy)
   --port PORT            port (default 7070; 0 picks a free one)
   --data-dir DIR         database and engine state (default ${DEFAULT_DATA_ROOT})
@@ -33,52 +55,83 @@ Options:
   --behind-tls-proxy     a TLS-terminating proxy is in front; allow plain HTTP on a non-loopback address
   --cors-origin ORIGIN   allow this exact browser origin (repeatable; default: CORS off)
   --policy FILE          permission policy (operator layer) checked before every exec
+                         (reloaded when the file changes, and on SIGHUP)
   --body-limit BYTES     largest request body (default 1048576)
   --log-level LEVEL      trace|debug|info|warn|error|silent (default info; logs go to stderr)
   --engine-uids START:COUNT   host uid range for sandboxes (default 1900000000:100000); give each
                          server on one host its own range and --engine-cgroup
   --engine-cgroup NAME   cgroup directory name for this server's sandboxes (default palisade)
+  --workspace-encryption required|off   encrypt sandbox workspaces at rest (default required:
+                         serve refuses to start if the kernel cannot; off stores them in plaintext)
+  --bwrap FILE           bubblewrap binary (default: bwrap from PATH or /usr/bin); serve refuses to
+                         start if it is missing or broken, there is no unsandboxed fallback
   --service-user USER    unprivileged account (name, or UID:GID) the HTTP server runs as when
                          started as root (default ${DEFAULT_SERVICE_USER}; created if missing)
   --single-process       as root, do not split: the HTTP server then runs as root too (tests)
-
-Started as root, serve splits in two: a root supervisor runs the sandbox engine and the HTTP
-server runs as --service-user, asking the supervisor over an owner-only unix socket. Sandbox
-network (the egress gateway) is not available in that mode yet; use --single-process for it.
+${OPS_FLAGS_USAGE}
+Started as root, serve splits in two: a root supervisor runs the sandbox engine and the egress
+gateway, and the HTTP server runs as --service-user, asking the supervisor over an owner-only
+unix socket.
 `;
+
+/** Flags that have no configuration-file key. */
+const NOT_IN_CONFIG = ['config', 'environment-file', 'worker-socket', 'worker-ids', 'help'];
+/** Flags the supervisor never passes to the worker (what it may not read comes on stdin). */
+const NOT_FOR_WORKER = [
+  ...NOT_IN_CONFIG,
+  'policy',
+  'tls-cert',
+  'tls-key',
+  'service-user',
+  'single-process',
+];
 
 export async function serveCommand(args: string[]): Promise<number> {
   let parsed;
+  const flagOptions = {
+    config: { type: 'string' },
+    'environment-file': { type: 'string' },
+    host: { type: 'string' },
+    port: { type: 'string' },
+    'data-dir': { type: 'string' },
+    'tls-cert': { type: 'string' },
+    'tls-key': { type: 'string' },
+    'behind-tls-proxy': { type: 'boolean' },
+    'cors-origin': { type: 'string', multiple: true },
+    policy: { type: 'string' },
+    'body-limit': { type: 'string' },
+    'log-level': { type: 'string' },
+    'engine-uids': { type: 'string' },
+    'engine-cgroup': { type: 'string' },
+    'workspace-encryption': { type: 'string' },
+    bwrap: { type: 'string' },
+    'single-process': { type: 'boolean' },
+    'service-user': { type: 'string' },
+    ...OPS_FLAG_OPTIONS,
+    // Internal: set by the supervisor when it starts the HTTP worker.
+    'worker-socket': { type: 'string' },
+    'worker-ids': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  } as const;
   try {
-    parsed = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        host: { type: 'string' },
-        port: { type: 'string' },
-        'data-dir': { type: 'string' },
-        'tls-cert': { type: 'string' },
-        'tls-key': { type: 'string' },
-        'behind-tls-proxy': { type: 'boolean' },
-        'cors-origin': { type: 'string', multiple: true },
-        policy: { type: 'string' },
-        'body-limit': { type: 'string' },
-        'log-level': { type: 'string' },
-        'engine-uids': { type: 'string' },
-        'engine-cgroup': { type: 'string' },
-        'single-process': { type: 'boolean' },
-        'service-user': { type: 'string' },
-        // Internal: set by the supervisor when it starts the HTTP worker.
-        'worker-socket': { type: 'string' },
-        'worker-ids': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
+    parsed = parseArgs({ args, strict: true, allowPositionals: false, options: flagOptions });
   } catch (err) {
     throw new PalisadeError('INVALID_ARGUMENT', `${(err as Error).message}\n\n${SERVE_USAGE}`);
   }
-  const v = parsed.values;
+  // --environment-file first (it may set PALISADE_DATA_DIR), then --config; flags override the file.
+  if (parsed.values['environment-file'] !== undefined)
+    applyEnvFile(parsed.values['environment-file']);
+  const v =
+    parsed.values.config === undefined
+      ? parsed.values
+      : mergeFlagValues(
+          loadServeConfig(parsed.values.config, {
+            flags: flagOptions,
+            exclude: NOT_IN_CONFIG,
+            pathKeys: ['data-dir', 'tls-cert', 'tls-key', 'policy', 'bwrap'],
+          }),
+          parsed.values,
+        );
   if (v.help) {
     process.stdout.write(SERVE_USAGE);
     return 0;
@@ -90,7 +143,8 @@ export async function serveCommand(args: string[]): Promise<number> {
   if (Number.isNaN(port))
     throw new PalisadeError('INVALID_ARGUMENT', '--port must be a number 0-65535.');
   const bodyLimit = v['body-limit'] === undefined ? undefined : Number(v['body-limit']);
-  const dataDir = resolve(v['data-dir'] ?? DEFAULT_DATA_ROOT);
+  const dataDir = resolve(v['data-dir'] ?? process.env.PALISADE_DATA_DIR ?? DEFAULT_DATA_ROOT);
+  const opsConfig = opsConfigFromFlags(v);
   const workerSocket = v['worker-socket'];
   if (workerSocket !== undefined) {
     return runWorker(workerSocket, v['worker-ids'], {
@@ -101,6 +155,7 @@ export async function serveCommand(args: string[]): Promise<number> {
       corsOrigins: v['cors-origin'] ?? [],
       ...(bodyLimit !== undefined ? { bodyLimitBytes: bodyLimit } : {}),
       logLevel: v['log-level'] ?? 'info',
+      ...opsConfig,
     });
   }
   const policyText = v.policy !== undefined ? await readPolicyText(v.policy) : undefined;
@@ -146,6 +201,11 @@ export async function serveCommand(args: string[]): Promise<number> {
   const engineOptions = {
     ...(uidRange ? { uidRange } : {}),
     ...(v['engine-cgroup'] !== undefined ? { cgroupPrefix: v['engine-cgroup'] } : {}),
+    // The engine validates the value (INVALID_ARGUMENT for anything but 'required' or 'off').
+    ...(v['workspace-encryption'] !== undefined
+      ? { workspaceEncryption: v['workspace-encryption'] as 'required' | 'off' }
+      : {}),
+    ...(v.bwrap !== undefined ? { bwrapPath: resolve(v.bwrap) } : {}),
   };
   const serverConfig: ServerConfigInput = {
     dataDir,
@@ -156,6 +216,7 @@ export async function serveCommand(args: string[]): Promise<number> {
     corsOrigins: v['cors-origin'] ?? [],
     ...(bodyLimit !== undefined ? { bodyLimitBytes: bodyLimit } : {}),
     logLevel: v['log-level'] ?? 'info',
+    ...opsConfig,
   };
   const isRoot = process.getuid?.() === 0;
   if (isRoot && !v['single-process']) {
@@ -164,23 +225,20 @@ export async function serveCommand(args: string[]): Promise<number> {
     const user = ensureServiceUser(v['service-user'] ?? DEFAULT_SERVICE_USER);
     // The worker parses the same flags; what it may not be able to read (TLS key, policy) it
     // gets from the supervisor on its stdin.
-    const workerArgs = args.filter((a, i) => {
-      const prev = args[i - 1];
-      return (
-        !(a.startsWith('--policy') || a.startsWith('--tls-') || a.startsWith('--service-user')) &&
-        !(
-          prev === '--policy' ||
-          prev === '--tls-cert' ||
-          prev === '--tls-key' ||
-          prev === '--service-user'
-        )
-      );
-    });
+    // The merged flags and configuration file, as explicit flags.
+    const workerArgs = toFlagArgs(
+      Object.fromEntries(Object.entries(v).filter(([k]) => !NOT_FOR_WORKER.includes(k))),
+      flagOptions,
+    );
     return runSupervised({
       dataDir,
       user,
+      policyLayers,
       engineOptions,
       workerArgs,
+      ...(policyText !== undefined && v.policy !== undefined
+        ? { policyFile: { path: resolve(v.policy), source: v.policy, text: policyText } }
+        : {}),
       secrets: {
         ...(tls ? { tls: { cert: tls.cert.toString('utf8'), key: tls.key.toString('utf8') } } : {}),
         ...(policyText !== undefined && v.policy !== undefined
@@ -198,24 +256,55 @@ export async function serveCommand(args: string[]): Promise<number> {
     dataDir: join(dataDir, 'engine'),
     ...engineOptions,
   });
-  return serveUntilSignal(runtime, { runtime, policyLayers, config: serverConfig });
+  return serveUntilSignal(
+    runtime,
+    {
+      runtime,
+      policyLayers,
+      ...(policyText !== undefined ? { operatorPolicyText: policyText } : {}),
+      config: serverConfig,
+    },
+    undefined,
+    (plane) =>
+      policyText !== undefined && v.policy !== undefined
+        ? watchPolicy(resolve(v.policy), v.policy, policyText, (input) => {
+            void plane.reloadPolicy(input);
+          })
+        : undefined,
+  );
+}
+
+/**
+ * Watches the operator policy file; every change of content (or a read failure) reaches
+ * `reload` — directly, or through the supervisor's channel to its worker.
+ */
+function watchPolicy(
+  path: string,
+  source: string,
+  initialText: string,
+  reload: (input: { source: string; text?: string; error?: string }) => void,
+): PolicyFileWatcher {
+  const watcher = new PolicyFileWatcher({
+    path,
+    initialSha256: sha256Hex(initialText),
+    maxBytes: MAX_POLICY_BYTES,
+    onChange: (event) =>
+      reload(
+        event.kind === 'content' ? { source, text: event.text } : { source, error: event.message },
+      ),
+  });
+  watcher.start();
+  return watcher;
 }
 
 async function readPolicyText(path: string): Promise<string> {
+  // Ownership and mode checked: with hot-reload, whoever can write the file changes the
+  // policy of the running server.
   try {
-    if (statSync(path).size > MAX_POLICY_BYTES) {
-      throw new PalisadeError(
-        'INVALID_POLICY',
-        `${path}: policy file is larger than ${MAX_POLICY_BYTES} bytes.`,
-      );
-    }
-    return readFileSync(path, 'utf8');
+    return readOperatorFile(path, { what: 'policy file', maxBytes: MAX_POLICY_BYTES });
   } catch (err) {
-    if (err instanceof PalisadeError) throw err;
-    throw new PalisadeError(
-      'INVALID_POLICY',
-      `cannot read policy file ${path}: ${(err as NodeJS.ErrnoException).code ?? 'error'}; check the path and permissions`,
-    );
+    if (err instanceof PalisadeError) throw new PalisadeError('INVALID_POLICY', err.message);
+    throw err;
   }
 }
 
@@ -237,6 +326,7 @@ async function serveUntilSignal(
   runtime: SandboxRuntime,
   options: Parameters<typeof startControlPlane>[0],
   lost?: Promise<string>,
+  onStarted?: (plane: ControlPlane) => PolicyFileWatcher | undefined,
 ): Promise<number> {
   let plane;
   try {
@@ -245,6 +335,10 @@ async function serveUntilSignal(
     await runtime.close();
     throw err;
   }
+  // SIGHUP re-reads the policy file; it never stops the server (a worker just ignores it).
+  const watcher = onStarted?.(plane);
+  const onHangup = () => watcher?.reload();
+  process.on('SIGHUP', onHangup);
   if (plane.adminKey) {
     process.stdout.write(`Admin API key: ${plane.adminKey}\n`);
     process.stdout.write('Store it now: it is shown only this once (only its hash is kept).\n');
@@ -262,6 +356,8 @@ async function serveUntilSignal(
     process.stderr.write(`palisade serve worker: supervisor lost (${outcome.lost}); exiting.\n`);
     process.exit(1);
   }
+  watcher?.close();
+  process.removeListener('SIGHUP', onHangup);
   await plane.close();
   await runtime.close();
   return 0;
@@ -283,7 +379,14 @@ async function runWorker(
   // The supervisor starts the worker as the service user already; if started as root anyway,
   // drop before opening anything.
   dropPrivileges(user);
-  const secrets = await readWorkerSecrets();
+  // Policy file changes come from the supervisor (this user may not read the file): apply each
+  // once the server runs; until then only the latest matters.
+  let plane: ControlPlane | undefined;
+  let early: WorkerMessage | undefined;
+  const secrets = await readWorkerSecrets(process.stdin, (message) => {
+    if (plane) void plane.reloadPolicy(message);
+    else early = message;
+  });
   const runtime = await connectRemoteRuntime({ socketPath });
   const policyLayers = secrets.policy
     ? [parsePolicy(secrets.policy.text, secrets.policy.source, 'operator')]
@@ -293,10 +396,27 @@ async function runWorker(
     {
       runtime,
       policyLayers,
-      egressGateway: false,
+      // The gateway runs in the supervisor (it needs root); the worker drives it.
+      egress: {
+        createGateway: (hooks) =>
+          runtime.createEgressGateway({
+            ...hooks,
+            onUpdateFailed: (sandboxId, err) =>
+              process.stderr.write(
+                `palisade serve worker: the supervisor refused new network rules for ${sandboxId} (${(err as Error).message}); its previous rules stay in force.\n`,
+              ),
+          }),
+      },
+      ...(secrets.policy ? { operatorPolicyText: secrets.policy.text } : {}),
       config: { ...config, ...(secrets.tls ? { tls: secrets.tls } : {}) },
     },
     runtime.disconnected,
+    (started) => {
+      plane = started;
+      if (early) void started.reloadPolicy(early);
+      early = undefined;
+      return undefined;
+    },
   );
 }
 
@@ -304,8 +424,15 @@ async function runWorker(
 async function runSupervised(options: {
   dataDir: string;
   user: ServiceUser;
-  engineOptions: { uidRange?: { start: number; count: number }; cgroupPrefix?: string };
+  policyLayers: PolicyLayer[];
+  engineOptions: {
+    uidRange?: { start: number; count: number };
+    cgroupPrefix?: string;
+    bwrapPath?: string;
+  };
   workerArgs: string[];
+  /** The operator policy file: watched here (root can read it), changes sent to the worker. */
+  policyFile?: { path: string; source: string; text: string };
   secrets: Parameters<typeof spawnWorker>[0]['secrets'];
 }): Promise<number> {
   const layout = prepareSeparatedDataDir(options.dataDir, options.user);
@@ -322,6 +449,7 @@ async function runSupervised(options: {
       runtime,
       socketPath: layout.socketPath,
       owner: { uid: options.user.uid, gid: options.user.gid },
+      egress: { socketDir: layout.egressDir, upperLayers: options.policyLayers },
       onViolation: (message) =>
         process.stderr.write(`palisade supervisor: closed the worker connection: ${message}\n`),
     });
@@ -354,7 +482,17 @@ async function runSupervised(options: {
       resolveExit(1);
     });
   });
+  const policyFile = options.policyFile;
+  const watcher = policyFile
+    ? watchPolicy(policyFile.path, policyFile.source, policyFile.text, (input) =>
+        sendWorkerMessage(worker, { type: 'policy', ...input }),
+      )
+    : undefined;
+  const onHangup = () => watcher?.reload();
+  process.on('SIGHUP', onHangup);
   const outcome = await Promise.race([waitForStopSignal(), workerExit.then((code) => ({ code }))]);
+  watcher?.close();
+  process.removeListener('SIGHUP', onHangup);
   let exitCode = 0;
   if (typeof outcome === 'string') {
     // Let the worker close its side first: it destroys the sandboxes through the API's shutdown.

@@ -13,6 +13,8 @@ declare module 'better-sqlite3' {
       prepare(sql: string): Statement;
       pragma(source: string, options?: { simple?: boolean }): unknown;
       exec(sql: string): Database;
+      /** SQLite's online backup API: a consistent copy while other connections keep writing. */
+      backup(destination: string): Promise<{ totalPages: number; remainingPages: number }>;
       close(): void;
     }
   }

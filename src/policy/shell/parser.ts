@@ -68,7 +68,19 @@ export class ShellParser {
     }
     const parser = new Parser();
     parser.setLanguage(language);
-    return new ShellParser(parser, language);
+    const shell = new ShellParser(parser, language);
+    shell.warmUp();
+    return shell;
+  }
+
+  /**
+   * The first parses run cold (wasm compilation, JIT tiering) and can take tens of
+   * milliseconds; doing them here keeps the first real decisions inside their deadline
+   * instead of failing closed right after start.
+   */
+  private warmUp(): void {
+    const sample = 'cd /w && for f in *.txt; do grep -n "x$(date)" "$f" | sort > /tmp/o 2>&1; done';
+    for (let i = 0; i < 5; i++) this.parse(sample, Number.POSITIVE_INFINITY);
   }
 
   /**
