@@ -79,6 +79,9 @@ export async function startPalisade(options: ServeOptions = {}): Promise<Palisad
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/root', ...options.env },
   });
+  // A test file that dies (timeout, crash) must not leave its server running.
+  const reap = () => child.kill('SIGTERM');
+  process.once('exit', reap);
   let stdout = '';
   let stderr = '';
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
@@ -136,6 +139,7 @@ export async function startPalisade(options: ServeOptions = {}): Promise<Palisad
       return res.json.id as string;
     },
     async close() {
+      process.removeListener('exit', reap);
       if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGTERM');
         const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
