@@ -4,9 +4,17 @@
  * sandboxes can be created.
  */
 import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { isPalisadeError } from '../errors/index.js';
-import { checkRequirements, defaultHelperPath, type RequirementCheck } from '../sandbox/index.js';
+import {
+  checkEncryptionSupport,
+  checkRequirements,
+  defaultFscryptHelper,
+  defaultHelperPath,
+  readEncryptionStatus,
+  type RequirementCheck,
+} from '../sandbox/index.js';
 import { startOneShotEngine } from './engine-config.js';
 
 function line(c: RequirementCheck): string {
@@ -30,6 +38,7 @@ export async function doctorCommand(args: string[]): Promise<number> {
     helperPath: defaultHelperPath(),
     cgroupsRequired,
   });
+  checks.push(await workspaceEncryptionCheck());
   const staticOk = checks.every((c) => c.ok || !c.required);
   if (staticOk && values['no-smoke-test'] !== true) {
     checks.push(await smokeTest(cgroupsRequired));
@@ -52,12 +61,29 @@ export async function doctorCommand(args: string[]): Promise<number> {
   return ok ? 0 : 1;
 }
 
+/** Engines encrypt workspaces by default ('required') and refuse to start without it. */
+async function workspaceEncryptionCheck(): Promise<RequirementCheck> {
+  const support = await checkEncryptionSupport();
+  return {
+    name: 'workspace encryption at rest',
+    ok: support.supported,
+    required: true,
+    detail: support.reason,
+    fix:
+      "use a kernel with CONFIG_FS_ENCRYPTION, run 'make -C native', or start the engine with " +
+      "workspaceEncryption: 'off' (workspaces then sit unencrypted on the host disk)",
+  };
+}
+
 /** Creates a real sandbox and checks from inside that it is isolated. */
 async function smokeTest(cgroupsRequired: boolean): Promise<RequirementCheck> {
   const name = 'sandbox smoke test';
   let engine;
+  let dataDir: string;
   try {
-    ({ engine } = await startOneShotEngine({ cgroups: cgroupsRequired ? 'required' : 'optional' }));
+    ({ engine, dataDir } = await startOneShotEngine({
+      cgroups: cgroupsRequired ? 'required' : 'optional',
+    }));
     const sb = await engine.create();
     const r = await engine.run(sb.id, {
       command:
@@ -82,13 +108,21 @@ async function smokeTest(cgroupsRequired: boolean): Promise<RequirementCheck> {
         `host-side uids ${JSON.stringify(hostUids)} are not all the sandbox uid ${sb.hostUid}`,
       );
     }
+    // From the host: the workspace is encrypted at rest and its key is loaded.
+    const encryption = await readEncryptionStatus(
+      defaultFscryptHelper(),
+      join(dataDir, 'workspaces', 'mnt', sb.id, 'workspace'),
+    ).catch(() => undefined);
+    if (!encryption?.encrypted || encryption.keyStatus !== 'present') {
+      problems.push('the workspace is not encrypted at rest');
+    }
     await engine.destroy(sb.id);
     return problems.length === 0
       ? {
           name,
           ok: true,
           required: true,
-          detail: `sandbox ${sb.id} ran as uid 1000 (host uid ${sb.hostUid}) with no capabilities, no_new_privs and seccomp`,
+          detail: `sandbox ${sb.id} ran as uid 1000 (host uid ${sb.hostUid}) with no capabilities, no_new_privs and seccomp; its workspace is encrypted at rest`,
         }
       : { name, ok: false, required: true, detail: problems.join('; ') };
   } catch (err) {

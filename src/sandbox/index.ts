@@ -29,6 +29,14 @@ export {
   defaultHelperPath,
   type RequirementCheck,
 } from './bwrap/requirements.js';
+export {
+  checkEncryptionSupport,
+  defaultFscryptHelper,
+  readEncryptionStatus,
+  type EncryptionStatus,
+  type EncryptionSupport,
+  type WorkspaceEncryption,
+} from './workspace/index.js';
 
 /** Starts the engine (bubblewrap backend). Fails closed if the host cannot isolate sandboxes. */
 export async function createSandboxRuntime(config: EngineConfig): Promise<SandboxRuntime> {

@@ -254,7 +254,8 @@ setInterval(() => {}, 1000);
 function findWorkspace(dataDir: string, id: string): string {
   const line = mountsUnder(dataDir).find((l) => l.includes(id));
   assert.ok(line, 'workspace mount');
-  return line.split(' ')[4]!;
+  // The sandbox's /workspace is the `workspace` directory inside the mounted image.
+  return join(line.split(' ')[4]!, 'workspace');
 }
 
 describe('extra mounts from the operator allowlist (001 #9, #15)', () => {

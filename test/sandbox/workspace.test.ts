@@ -13,7 +13,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { isPalisadeError, type ErrorCode } from '../../src/errors/index.js';
 import {
   applyDirectoryQuota,
@@ -91,7 +91,11 @@ describe('workspace pool (loop-mounted ext4 image per workspace)', () => {
 
   test('create makes a mounted workspace owned by the uid, mode 0700, nodev and nosuid', async () => {
     const path = await pool.create('sb-owner', { uid: UID_A, gid: UID_A }, { bytes: 32 * MIB });
-    assert.equal(path, join(pool.mountPoint, 'sb-owner'));
+    assert.equal(path, join(pool.mountPoint, 'sb-owner', 'workspace'));
+    // The filesystem root is root's and only traversable; the workspace is a directory in it.
+    const root = lstatSync(dirname(path));
+    assert.equal(root.uid, 0);
+    assert.equal(root.mode & 0o7777, 0o711);
     const st = lstatSync(path);
     assert.ok(st.isDirectory());
     assert.equal(st.uid, UID_A);
@@ -99,13 +103,14 @@ describe('workspace pool (loop-mounted ext4 image per workspace)', () => {
     assert.equal(st.mode & 0o7777, 0o700);
     // Its own filesystem, not a directory of the host's.
     assert.notEqual(st.dev, lstatSync(pool.mountPoint).dev);
-    const line = mountLine(path);
+    const line = mountLine(dirname(path));
     assert.ok(line !== undefined, 'workspace is mounted');
     assert.match(line, / - ext4 \/dev\/loop\d+ /);
     const options = line.split(' ')[5] ?? '';
     assert.match(options, /(^|,)nodev(,|$)/);
     assert.match(options, /(^|,)nosuid(,|$)/);
     assert.ok(!existsSync(join(path, 'lost+found')));
+    assert.ok(!existsSync(join(dirname(path), 'lost+found')));
     // Image sits in the root-only image directory.
     const imageDir = join(dataDir, 'workspaces', 'images');
     assert.equal(lstatSync(imageDir).mode & 0o777, 0o700);
@@ -163,9 +168,9 @@ describe('workspace pool (loop-mounted ext4 image per workspace)', () => {
     const snoop = runAs(
       UID_A,
       '/',
-      `ls ${join(pool.mountPoint, 'sb-other')} 2>&1; echo "status=$?"`,
+      `ls ${join(pool.mountPoint, 'sb-other')} ${other} 2>&1; echo "status=$?"`,
     );
-    assert.match(snoop.stdout, /Permission denied/);
+    assert.match(snoop.stdout, /Permission denied[^]*Permission denied/);
   });
 
   test('the inode limit is enforced by the kernel', async () => {
@@ -200,8 +205,8 @@ describe('workspace pool (loop-mounted ext4 image per workspace)', () => {
     assert.equal(setup.stdout.trim(), 'ok');
     await rejectsWith(pool.remove('sb-remove', { uid: UID_A }), 'CONFLICT');
     await pool.remove('sb-remove', { uid: UID_C });
-    assert.equal(existsSync(path), false);
-    assert.equal(mountLine(path), undefined);
+    assert.equal(existsSync(dirname(path)), false);
+    assert.equal(mountLine(dirname(path)), undefined);
     assert.equal(existsSync(join(dataDir, 'workspaces', 'images', 'sb-remove.img')), false);
     assert.equal(readFileSync(outsideTarget, 'utf8'), 'host file that must survive\n');
     // Removing again is a no-op (destroy is idempotent).
@@ -345,18 +350,22 @@ describe('workspace pool (loop-mounted ext4 image per workspace)', () => {
   });
 
   test('reopening after a crash reuses the mounts, remounts after a reboot, and reapLeftovers removes unknown workspaces', async () => {
-    const keepPath = join(pool.mountPoint, 'sb-other');
+    const keepMount = join(pool.mountPoint, 'sb-other');
+    const keepPath = join(keepMount, 'workspace');
     // Simulated crash: the first pool object is simply dropped; a new one opens the same dir.
     const reopened = await openWorkspacePool({ dataDir, sizeBytes: 256 * MIB });
     assert.equal(reopened.mountPoint, pool.mountPoint);
-    assert.equal(mountsUnder(keepPath).length, 1, 'reused, not mounted twice');
-    assert.ok(existsSync(join(keepPath, 'ok')));
-    // Simulated reboot: the mount is gone, the image is still there.
-    assert.equal(spawnSync('umount', [keepPath]).status, 0);
+    assert.equal(mountsUnder(keepMount).length, 1, 'reused, not mounted twice');
+    assert.ok(existsSync(join(keepPath, 'ok')), 'the key stays with the still-mounted filesystem');
+    // Simulated reboot: the mount (and with it the in-kernel key) is gone, the image is still there.
+    assert.equal(spawnSync('umount', [keepMount]).status, 0);
     const afterReboot = await openWorkspacePool({ dataDir, sizeBytes: 256 * MIB });
-    assert.equal(mountsUnder(keepPath).length, 1, 'remounted');
-    assert.ok(existsSync(join(keepPath, 'ok')), 'data survives the remount');
+    assert.equal(mountsUnder(keepMount).length, 1, 'remounted');
     assert.equal(lstatSync(keepPath).uid, UID_B);
+    // The key died with the mount: the remounted workspace holds only ciphertext names.
+    const names = spawnSync('ls', [keepPath], { encoding: 'utf8' }).stdout.split('\n');
+    assert.equal(names.includes('ok'), false, 'no plaintext name after the key is gone');
+    assert.equal(names.filter(Boolean).length, 1, 'the file is still there, encrypted');
     // Stray directory without an image, and a name the pool never makes (left alone).
     mkdirSync(join(afterReboot.mountPoint, 'sb-stray'));
     mkdirSync(join(afterReboot.mountPoint, 'Not_Ours'));
@@ -364,7 +373,7 @@ describe('workspace pool (loop-mounted ext4 image per workspace)', () => {
     assert.deepEqual(removed, ['sb-fill', 'sb-stray']);
     assert.equal(existsSync(join(afterReboot.mountPoint, 'sb-fill')), false);
     assert.equal(existsSync(join(dataDir, 'workspaces', 'images', 'sb-fill.img')), false);
-    assert.ok(existsSync(join(keepPath, 'ok')), 'kept workspace untouched');
+    assert.equal(mountsUnder(keepMount).length, 1, 'kept workspace untouched');
     rmSync(join(afterReboot.mountPoint, 'Not_Ours'), { recursive: true });
     await reopened.close();
     await afterReboot.close();

@@ -29,6 +29,7 @@ import {
   openWorkspacePool,
   checkDirectoryQuotaSupport,
   applyDirectoryQuota,
+  type WorkspaceEncryption,
   type WorkspacePool,
 } from '../workspace/index.js';
 import { BASE_ENV, composeEnv, validateEnv } from '../env.js';
@@ -110,6 +111,12 @@ export interface EngineConfig {
    * mkfs and mount. 0 disables. @default 2
    */
   warmWorkspaces?: number;
+  /**
+   * Encrypt engine-managed workspaces at rest (fscrypt v2, one random key per sandbox that lives
+   * only in the kernel and is removed at destroy). 'required' fails closed when the kernel cannot
+   * do it. Caller-supplied `workspaceDir`s are never encrypted by the engine. @default 'required'
+   */
+  workspaceEncryption?: WorkspaceEncryption;
 }
 
 /** A sandbox identity whose workspace is being prepared before anyone asked for it. */
@@ -263,6 +270,7 @@ export class BwrapRuntime implements SandboxRuntime {
       maxOutputBytesLimit: config.maxOutputBytesLimit ?? 64 * 1024 * 1024,
       workspacePoolBytes: config.workspacePoolBytes ?? 64 * 1024 ** 3,
       warmWorkspaces: config.warmWorkspaces ?? 2,
+      workspaceEncryption: config.workspaceEncryption ?? 'required',
     };
     if (
       !Number.isInteger(full.warmWorkspaces) ||
@@ -272,6 +280,12 @@ export class BwrapRuntime implements SandboxRuntime {
       throw new PalisadeError(
         'INVALID_ARGUMENT',
         'warmWorkspaces must be a whole number between 0 and 64',
+      );
+    }
+    if (full.workspaceEncryption !== 'required' && full.workspaceEncryption !== 'off') {
+      throw new PalisadeError(
+        'INVALID_ARGUMENT',
+        "workspaceEncryption must be 'required' (default) or 'off'",
       );
     }
     if (!/^[a-zA-Z0-9_-]{1,64}$/.test(full.cgroupPrefix)) {
@@ -348,6 +362,7 @@ export class BwrapRuntime implements SandboxRuntime {
     const pool = await openWorkspacePool({
       dataDir: full.dataDir,
       sizeBytes: full.workspacePoolBytes,
+      encryption: full.workspaceEncryption,
     });
     const runtime = new BwrapRuntime(full, defaults, max, cgroups, pool, seccompFile, etcDir, lock);
     await runtime.reapLeftovers();

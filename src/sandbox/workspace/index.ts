@@ -8,12 +8,22 @@ export {
   DEFAULT_POOL_BYTES,
   MIN_WORKSPACE_BYTES,
   MAX_WORKSPACE_BYTES,
+  WORKSPACE_SUBDIR,
+  type WorkspaceEncryption,
   type WorkspacePool,
   type WorkspacePoolOptions,
   type WorkspaceOwner,
   type WorkspaceQuota,
   type WorkspaceUsage,
 } from './pool.js';
+export {
+  checkEncryptionSupport,
+  defaultFscryptHelper,
+  readEncryptionStatus,
+  removeDirectoryKey,
+  type EncryptionStatus,
+  type EncryptionSupport,
+} from './encryption.js';
 export {
   applyDirectoryQuota,
   checkDirectoryQuotaSupport,

@@ -1,6 +1,7 @@
 import { constants as fsConstants } from 'node:fs';
 import {
   chmod,
+  chown,
   lstat,
   mkdir,
   open,
@@ -13,6 +14,14 @@ import {
 } from 'node:fs/promises';
 import { isAbsolute, join, resolve } from 'node:path';
 import { PalisadeError } from '../../errors/index.js';
+import {
+  checkEncryptionSupport,
+  defaultFscryptHelper,
+  encryptDirectory,
+  encryptionMissing,
+  readEncryptionStatus,
+  removeDirectoryKey,
+} from './encryption.js';
 import { readMounts, type MountEntry } from './mounts.js';
 import { firstLine, runCommand } from './run.js';
 
@@ -27,7 +36,17 @@ export interface WorkspacePoolOptions {
   sizeBytes?: number;
   /** Path to palisade-quota (used only by applyDirectoryQuota; accepted here for symmetry). */
   quotaHelper?: string;
+  /**
+   * fscrypt (v2, AES-256-XTS/CTS) encryption of every workspace with its own random key that
+   * lives only in the kernel while the workspace is mounted. 'required' fails closed when the
+   * kernel or filesystem cannot do it. @default 'required'
+   */
+  encryption?: WorkspaceEncryption;
+  /** Path to palisade-fscrypt. @default <repo>/native/build/palisade-fscrypt */
+  fscryptHelper?: string;
 }
+
+export type WorkspaceEncryption = 'required' | 'off';
 
 export interface WorkspaceOwner {
   uid: number;
@@ -47,9 +66,14 @@ export interface WorkspaceUsage {
 }
 
 export interface WorkspacePool {
-  /** Directory under which every workspace is mounted (`<mountPoint>/<sandboxId>`). */
+  /** Directory under which every workspace image is mounted (`<mountPoint>/<sandboxId>`). */
   readonly mountPoint: string;
-  /** Creates and mounts a workspace; returns its host path (owned by owner, mode 0700). */
+  /** Whether workspaces are encrypted (fscrypt, one key per workspace). */
+  readonly encryption: WorkspaceEncryption;
+  /**
+   * Creates and mounts a workspace; returns its host path, `<mountPoint>/<sandboxId>/workspace`
+   * (owned by owner, mode 0700, encrypted unless encryption is 'off').
+   */
   create(sandboxId: string, owner: WorkspaceOwner, quota: WorkspaceQuota): Promise<string>;
   usage(owner: { uid: number }): Promise<WorkspaceUsage>;
   /** Unmounts the workspace and deletes its image. Removing an unknown id is a no-op. */
@@ -79,6 +103,11 @@ const PROBE_BYTES = 16 * MIB;
 const WORKSPACE_ID = /^[a-z0-9-]{1,64}$/;
 const IMAGE_SUFFIX = '.img';
 const MOUNT_OPTIONS = 'loop,nodev,nosuid,noatime,errors=remount-ro,noinit_itable';
+/**
+ * The sandbox's /workspace is this directory inside the image, not the filesystem root: fscrypt
+ * cannot encrypt a root directory, and lost+found stays out of the sandbox's view.
+ */
+export const WORKSPACE_SUBDIR = 'workspace';
 
 export function defaultInodes(bytes: number): number {
   return Math.max(MIN_INODES, Math.floor(bytes / BYTES_PER_DEFAULT_INODE));
@@ -157,6 +186,7 @@ function requirementMissing(what: string, fix: string, cause?: unknown): Palisad
  */
 class LoopImagePool implements WorkspacePool {
   readonly mountPoint: string;
+  readonly encryption: WorkspaceEncryption;
   private readonly imageDir: string;
   private readonly dataDir: string;
   private readonly budgetBytes: number;
@@ -165,8 +195,11 @@ class LoopImagePool implements WorkspacePool {
   private closed = false;
   private readonly inFlight = new Set<Promise<string>>();
   private readonly creatingOwners = new Set<number>();
+  private readonly keys: WorkspaceKeys;
 
-  constructor(root: string, dataDir: string, budgetBytes: number) {
+  constructor(root: string, dataDir: string, budgetBytes: number, keys: WorkspaceKeys) {
+    this.keys = keys;
+    this.encryption = keys.encrypt ? 'required' : 'off';
     this.dataDir = dataDir;
     this.mountPoint = join(root, 'mnt');
     this.imageDir = join(root, 'images');
@@ -225,20 +258,10 @@ class LoopImagePool implements WorkspacePool {
     });
     const creation = (async () => {
       try {
-        await formatImage(image, limits.inodes, uid, gid);
+        await formatImage(image, limits.inodes, this.keys.encrypt);
         await mkdir(path, { mode: 0o700 });
         await mountImage(image, path);
-        // The filesystem root is the workspace; lost+found would only confuse the agent.
-        await rmdir(join(path, 'lost+found')).catch(() => undefined);
-        await chmod(path, 0o700);
-        const st = await lstat(path);
-        if (st.uid !== uid || st.gid !== gid || (st.mode & 0o777) !== 0o700) {
-          throw new PalisadeError(
-            'SANDBOX_CREATE_FAILED',
-            'workspace root has the wrong owner or mode after creation',
-          );
-        }
-        return path;
+        return await prepareWorkspaceDirectory(path, uid, gid, this.keys);
       } catch (err) {
         await this.removeUnchecked(id).catch(() => undefined);
         throw err;
@@ -257,7 +280,7 @@ class LoopImagePool implements WorkspacePool {
   /** Two workspaces with one uid would make usage() ambiguous and share a quota identity. */
   private async ensureNoOwnerClash(uid: number): Promise<void> {
     for (const mount of await this.workspaceMounts()) {
-      const st = await lstat(mount.mountPoint).catch(() => undefined);
+      const st = await lstat(join(mount.mountPoint, WORKSPACE_SUBDIR)).catch(() => undefined);
       if (st?.uid === uid) {
         throw new PalisadeError('CONFLICT', `uid ${uid} already owns a workspace`);
       }
@@ -304,7 +327,7 @@ class LoopImagePool implements WorkspacePool {
     const uid = validateUid(owner?.uid, 'uid');
     if (this.closed) throw new PalisadeError('CONFLICT', 'the workspace pool is closed');
     for (const mount of await this.workspaceMounts()) {
-      const st = await lstat(mount.mountPoint).catch(() => undefined);
+      const st = await lstat(join(mount.mountPoint, WORKSPACE_SUBDIR)).catch(() => undefined);
       if (st?.uid !== uid) continue;
       const fs = await statfs(mount.mountPoint);
       // ext4 keeps a small slice (bfree - bavail: 2% or 4096 blocks, whichever is smaller) for
@@ -324,7 +347,8 @@ class LoopImagePool implements WorkspacePool {
     return this.serialized(async () => {
       const path = this.workspacePath(id);
       if ((await this.mountsAt(path)).length > 0) {
-        const st = await lstat(path);
+        // A workspace made before the `workspace` subdirectory existed is owned at its root.
+        const st = await lstat(join(path, WORKSPACE_SUBDIR)).catch(() => lstat(path));
         if (st.uid !== uid) {
           throw new PalisadeError(
             'CONFLICT',
@@ -352,7 +376,7 @@ class LoopImagePool implements WorkspacePool {
       const removed: string[] = [];
       for (const id of [...ids].sort()) {
         if (keep.has(id)) continue;
-        await this.removeUnchecked(id);
+        await this.removeUnchecked(id, true);
         removed.push(id);
       }
       return removed;
@@ -383,8 +407,14 @@ class LoopImagePool implements WorkspacePool {
     }
   }
 
-  private async removeUnchecked(id: string): Promise<void> {
+  /**
+   * `dropKey`: remove the fscrypt key before unmounting. Always done for leftovers (they may come
+   * from a run with encryption on); for ordinary removes only when this pool encrypts.
+   */
+  private async removeUnchecked(id: string, dropKey = this.keys.encrypt): Promise<void> {
     const path = this.workspacePath(id);
+    if (dropKey && (await this.mountsAt(path)).length > 0)
+      await forgetWorkspaceKey(path, this.keys);
     await unmountAll(path);
     // Not mounted any more, so this only removes the empty mount point (never the workspace
     // contents, which die with the image). fs.rm does not follow symlinks.
@@ -421,6 +451,60 @@ function formatBytes(bytes: number): string {
   return `${(bytes / MIB).toFixed(1)} MiB`;
 }
 
+/** How workspaces are encrypted; the helper is also used to drop keys of leftovers when 'off'. */
+interface WorkspaceKeys {
+  encrypt: boolean;
+  helper: string;
+}
+
+/**
+ * Makes `<mount>/workspace`, owned by the sandbox uid, mode 0700, and (when encrypting) gives
+ * it its own key and policy while it is still empty. The filesystem root stays root's (0711:
+ * the sandbox uid may traverse it, nothing more).
+ */
+async function prepareWorkspaceDirectory(
+  mount: string,
+  uid: number,
+  gid: number,
+  keys: WorkspaceKeys,
+): Promise<string> {
+  await rmdir(join(mount, 'lost+found')).catch(() => undefined);
+  await chmod(mount, 0o711);
+  const dir = join(mount, WORKSPACE_SUBDIR);
+  await mkdir(dir, { mode: 0o700 });
+  if (keys.encrypt) await encryptDirectory(keys.helper, dir);
+  await chown(dir, uid, gid);
+  await chmod(dir, 0o700);
+  const root = await lstat(mount);
+  const st = await lstat(dir);
+  if (
+    root.uid !== 0 ||
+    (root.mode & 0o777) !== 0o711 ||
+    !st.isDirectory() ||
+    st.uid !== uid ||
+    st.gid !== gid ||
+    (st.mode & 0o777) !== 0o700
+  ) {
+    throw new PalisadeError(
+      'SANDBOX_CREATE_FAILED',
+      'workspace directory has the wrong owner or mode after creation',
+    );
+  }
+  return dir;
+}
+
+/**
+ * Drops the workspace's key from its filesystem before unmount, so a lazily unmounted (still
+ * busy) filesystem stops serving plaintext at once. Best effort: the kernel also wipes the keys
+ * when the filesystem is finally released, and a destroy must not stop half-way.
+ */
+async function forgetWorkspaceKey(mount: string, keys: WorkspaceKeys): Promise<void> {
+  const dir = join(mount, WORKSPACE_SUBDIR);
+  const st = await lstat(dir).catch(() => undefined);
+  if (!st?.isDirectory()) return;
+  await removeDirectoryKey(keys.helper, dir).catch(() => undefined);
+}
+
 async function reserveImage(image: string, bytes: number): Promise<void> {
   // O_EXCL|O_NOFOLLOW: never reuse or follow something already at that name.
   const handle = await open(
@@ -435,7 +519,7 @@ async function reserveImage(image: string, bytes: number): Promise<void> {
   }
 }
 
-async function formatImage(image: string, inodes: number, uid: number, gid: number): Promise<void> {
+async function formatImage(image: string, inodes: number, encrypt: boolean): Promise<void> {
   const result = await runCommand('mkfs.ext4', [
     '-q',
     '-F',
@@ -446,9 +530,9 @@ async function formatImage(image: string, inodes: number, uid: number, gid: numb
     '-N',
     String(inodes),
     '-O',
-    '^resize_inode',
+    encrypt ? '^resize_inode,encrypt' : '^resize_inode',
     '-E',
-    `lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=${uid}:${gid}`,
+    'lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0',
     image,
   ]);
   if (result.spawnError?.code === 'ENOENT') {
@@ -563,7 +647,7 @@ async function checkRequirements(): Promise<void> {
 }
 
 /** Proves the whole chain (mkfs, loop, mount, ownership) works before any sandbox relies on it. */
-async function probe(root: string): Promise<void> {
+async function probe(root: string, keys: WorkspaceKeys): Promise<void> {
   const image = join(root, 'probe.img');
   const path = join(root, 'probe');
   await unmountAll(path);
@@ -572,7 +656,7 @@ async function probe(root: string): Promise<void> {
   try {
     await (async () => {
       await reserveImage(image, PROBE_BYTES);
-      await formatImage(image, MIN_INODES, 1, 1);
+      await formatImage(image, MIN_INODES, keys.encrypt);
     })().catch((err: unknown) => {
       if (err instanceof PalisadeError && err.code === 'REQUIREMENT_MISSING') throw err;
       throw requirementMissing(
@@ -583,6 +667,22 @@ async function probe(root: string): Promise<void> {
     });
     await mkdir(path, { mode: 0o700 });
     await mountImage(image, path);
+    if (keys.encrypt) {
+      const dir = join(path, WORKSPACE_SUBDIR);
+      await mkdir(dir, { mode: 0o700 });
+      try {
+        await encryptDirectory(keys.helper, dir).catch((err: unknown) => {
+          if (err instanceof PalisadeError && err.code === 'REQUIREMENT_MISSING') throw err;
+          throw encryptionMissing('a probe workspace could not be encrypted', err);
+        });
+        const status = await readEncryptionStatus(keys.helper, dir);
+        if (!status.encrypted || status.keyStatus !== 'present') {
+          throw encryptionMissing('the probe workspace did not report an active encryption policy');
+        }
+      } finally {
+        await forgetWorkspaceKey(path, keys);
+      }
+    }
   } finally {
     await unmountAll(path).catch(() => undefined);
     await rm(path, { recursive: true, force: true });
@@ -605,7 +705,21 @@ export async function openWorkspacePool(options: WorkspacePoolOptions): Promise<
       },
     );
   }
+  const encryption = options.encryption ?? 'required';
+  if (encryption !== 'required' && encryption !== 'off') {
+    throw new PalisadeError('INVALID_ARGUMENT', "workspaceEncryption must be 'required' or 'off'", {
+      field: 'workspaceEncryption',
+    });
+  }
+  const keys: WorkspaceKeys = {
+    encrypt: encryption === 'required',
+    helper: options.fscryptHelper ?? defaultFscryptHelper(),
+  };
   await checkRequirements();
+  if (keys.encrypt) {
+    const support = await checkEncryptionSupport(keys.helper);
+    if (!support.supported) throw encryptionMissing(support.reason);
+  }
   const root = join(dataDir, 'workspaces');
   try {
     await makeDirectories(dataDir, 0o711);
@@ -622,8 +736,8 @@ export async function openWorkspacePool(options: WorkspacePoolOptions): Promise<
       { cause: err },
     );
   }
-  await probe(root);
-  const pool = new LoopImagePool(root, dataDir, budget);
+  await probe(root, keys);
+  const pool = new LoopImagePool(root, dataDir, budget, keys);
   await pool.recover();
   return pool;
 }
