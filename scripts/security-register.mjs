@@ -241,9 +241,12 @@ function main() {
     return 1;
   }
   const results = JSON.parse(readFileSync(resultsPath, 'utf8')).results;
-  const parsed = parseRegister(readFileSync(registerPath, 'utf8'));
+  const registerText = readFileSync(registerPath, 'utf8');
+  const parsed = parseRegister(registerText);
   const readme = readFileSync(join(root, 'README.md'), 'utf8');
   const { problems, countsLine } = checkRegister(parsed, { root, results, readme });
+  if (!registerText.includes(countsLine))
+    problems.push(`docs/security/findings.md must state its counts as "${countsLine}"`);
   const seedsDir = process.env.PALISADE_SEEDS_DIR ?? resolve(root, '..', 'shared', 'seeds');
   const seeds = checkSeeds(seedsDir);
   problems.push(...seeds.problems);
