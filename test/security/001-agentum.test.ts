@@ -591,7 +591,12 @@ describe('001 Agentum: the numbered findings against a real palisade serve', () 
       .map((n) => join(images, n))
       .filter((f) => statSync(f).size === quota);
     assert.equal(mine.length, 1, 'one image of the doomed size');
-    assert.deepEqual(filesContaining(mine[0]!, secret), mine, 'the check can see the data');
+    // Encrypted at rest (fscrypt, a per-sandbox key that lives only in the kernel): the raw image
+    // holds no plaintext even while the sandbox runs. The same grep finds the data through the
+    // mounted workspace, so the check can see it.
+    assert.deepEqual(filesContaining(mine[0]!, secret), [], 'the raw image holds only ciphertext');
+    const mounted = join(p.dataDir, 'engine', 'workspaces', 'mnt', doomed, 'workspace');
+    assert.equal(filesContaining(mounted, secret).length, 1, 'the check can see the data');
     const del = await p.req('DELETE', `/v1/sandboxes/${doomed}?purge=true`);
     assert.equal(del.status, 204, del.text);
     assert.equal((await p.req('GET', `/v1/sandboxes/${doomed}`)).status, 404);
