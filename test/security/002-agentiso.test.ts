@@ -9,8 +9,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import type { IncomingHttpHeaders } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -18,25 +17,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Client as McpClient } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { WebSocket } from 'ws';
+import {
+  rawUpgrade as rawUpgradeRequest,
+  requestFrom as requestFromAddress,
+  type RawRes,
+  type RequestFromOptions,
+} from '../server/helpers.js';
 import { execIn, startPalisade, type Palisade } from './fixture.js';
 
 const ALLOWED_ORIGIN = 'https://app.example.com';
 const EVIL_ORIGIN = 'https://evil.example.net';
 const CLI = join(import.meta.dirname, '..', 'server', 'cli-entry.ts');
-
-interface RawRes {
-  status: number;
-  headers: IncomingHttpHeaders;
-  text: string;
-  json: any; // eslint-disable-line @typescript-eslint/no-explicit-any
-}
-
-interface RawOptions {
-  key?: string;
-  body?: unknown;
-  rawBody?: string | Buffer;
-  headers?: Record<string, string>;
-}
 
 /** Source addresses 127.0.0.2 … 127.0.0.254, one per use, so failure throttling stays per test. */
 function sourceAddresses(): () => string {
@@ -48,87 +39,21 @@ function sourceAddresses(): () => string {
 }
 
 /** An HTTP request from a chosen loopback source address. */
-function requestFrom(
+const requestFrom = (
   p: Palisade,
   source: string,
   method: string,
   path: string,
-  options: RawOptions = {},
-): Promise<RawRes> {
-  const url = new URL(path, p.url);
-  const headers: Record<string, string> = { ...options.headers };
-  if (options.key !== undefined) headers.authorization = `Bearer ${options.key}`;
-  let body: string | Buffer | undefined;
-  if (options.rawBody !== undefined) body = options.rawBody;
-  else if (options.body !== undefined) {
-    body = JSON.stringify(options.body);
-    headers['content-type'] ??= 'application/json';
-  }
-  if (body !== undefined) headers['content-length'] = String(Buffer.byteLength(body));
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      {
-        host: url.hostname,
-        port: url.port,
-        path: url.pathname + url.search,
-        method,
-        headers,
-        localAddress: source,
-        agent: false,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          let json: unknown;
-          try {
-            json = text.length > 0 ? JSON.parse(text) : undefined;
-          } catch {
-            json = undefined;
-          }
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
-        });
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
+  options: RequestFromOptions = {},
+): Promise<RawRes> => requestFromAddress(p.url, source, method, path, options);
 
 /** A raw WebSocket upgrade request; returns the status line's code and the response head. */
-function rawUpgrade(
+const rawUpgrade = (
   p: Palisade,
   source: string,
   headers: Record<string, string>,
   path = '/v1/ws',
-): Promise<{ status: number; head: string; socket: Socket }> {
-  const { hostname, port } = new URL(p.url);
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: hostname, port: Number(port), localAddress: source });
-    let buf = '';
-    socket.on('error', reject);
-    socket.on('data', (d: Buffer) => {
-      buf += d.toString('latin1');
-      const end = buf.indexOf('\r\n\r\n');
-      if (end >= 0) {
-        socket.removeAllListeners('data');
-        resolve({ status: Number(buf.split(' ')[1]), head: buf.slice(0, end), socket });
-      }
-    });
-    const lines = [
-      `GET ${path} HTTP/1.1`,
-      `Host: ${hostname}:${port}`,
-      'Upgrade: websocket',
-      'Connection: Upgrade',
-      `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}`,
-      'Sec-WebSocket-Version: 13',
-      ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
-    ];
-    socket.write(`${lines.join('\r\n')}\r\n\r\n`);
-  });
-}
+) => rawUpgradeRequest(p.url, headers, { path, localAddress: source });
 
 interface WsMsg {
   type: string;
@@ -234,6 +159,13 @@ function assertSecurityHeaders(headers: IncomingHttpHeaders | Headers, what: str
     assert.match(String(get(name)), re, `${what}: ${name}`);
   assert.equal(get('server') ?? undefined, undefined, `${what}: Server banner`);
   assert.equal(get('x-powered-by') ?? undefined, undefined, `${what}: X-Powered-By`);
+}
+
+/** The secret part of `psk_<id>_<secret>`; the secret is base64url, so it may contain `_` too. */
+function secretOfKey(key: string): string {
+  const secret = key.slice(key.indexOf('_', 'psk_'.length) + 1);
+  assert.ok(secret.length >= 40, `not a Palisade key: ${key.slice(0, 12)}…`);
+  return secret;
 }
 
 describe('seed 002 (agentiso): attacks on a real palisade serve', () => {
@@ -473,10 +405,10 @@ describe('seed 002 (agentiso): attacks on a real palisade serve', () => {
       assert.ok(secret, k);
       assert.equal(Buffer.from(secret, 'base64url').length, 32, 'secret is 32 random bytes');
     }
-    assert.notEqual(a.key.split('_')[2], b.key.split('_')[2]);
+    assert.notEqual(secretOfKey(a.key), secretOfKey(b.key));
     const listed = await p.req('GET', '/v1/keys');
     assert.equal(listed.status, 200);
-    assert.ok(!listed.text.includes(a.key.split('_')[2]!), 'the list shows a secret');
+    assert.ok(!listed.text.includes(secretOfKey(a.key)), 'the list shows a secret');
     assert.ok(listed.text.includes(a.id), 'the list shows the key id');
   });
 
@@ -892,7 +824,7 @@ describe('seed 002 (agentiso): attacks on a real palisade serve', () => {
     // The log is really there and records these requests (else this test could not fail).
     assert.match(log, /"reqId":"req_/);
     assert.ok(log.split('\n').length > 50, 'server log is nearly empty');
-    const secretOf = (k: string) => k.split('_')[2]!;
+    const secretOf = secretOfKey;
     const masked = (line: string) =>
       line.replace(/psk_[A-Za-z0-9]+_[A-Za-z0-9_-]{6}/g, (m) => `${m.slice(0, 22)}…`);
     for (const [what, secret] of [
@@ -914,7 +846,7 @@ describe('seed 002 (agentiso): attacks on a real palisade serve', () => {
 
   it('002 L-16: errors never echo internals (paths, stack frames, SQL); hostile names come back quoted and bounded', async () => {
     const source = nextSource();
-    const probes: Array<[string, string, RawOptions]> = [
+    const probes: Array<[string, string, RequestFromOptions]> = [
       ['GET', `/v1/sandboxes/${'<script>alert(1)</script>'.repeat(20)}`, { key: tenantKey }],
       ['GET', "/v1/sandboxes/sb-aaaa'or'1'='1", { key: tenantKey }],
       [
