@@ -6,27 +6,20 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Progress } from '@modelcontextprotocol/sdk/types.js';
 import { approvalOptionsFromEnv } from '../../src/mcp/index.js';
 import { parsePolicyObject } from '../../src/policy/index.js';
-import { startTestServer, type TestServer } from '../server/helpers.js';
+import {
+  approvalParties,
+  decideApproval,
+  startTestServer,
+  waitFor as waitUntil,
+  waitForPendingApproval,
+  type TestServer,
+} from '../server/helpers.js';
 import { httpSession, stdioSession, type McpSession, type ToolOutcome } from './helpers.js';
 
 const PROGRESS_MS = 200;
-
-async function waitFor<T>(check: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await sleep(25);
-  }
-}
-
-interface Pending {
-  id: string;
-  command: string;
-  tool: string;
-  path: string | null;
-}
+/** How long a test waits for an approval or a result to show up. */
+const WAIT_MS = 15_000;
+const waitFor = <T>(check: () => Promise<T | undefined>) => waitUntil(check, WAIT_MS);
 
 /** Calls a tool with a progress token (the SDK adds one when onprogress is given). */
 async function callWithProgress(
@@ -69,36 +62,16 @@ describe('MCP: policy "ask" waits for a human with progress, or answers with a p
       policyLayers: [operator],
       config: { approvals: { timeoutMs: 20_000, mcpProgressIntervalMs: PROGRESS_MS } },
     });
-    const keys = s.cp.app.keys;
-    agent = (
-      await keys.create({
-        tenant: 'default',
-        name: 'agent',
-        scopes: ['sandboxes:read', 'sandboxes:write', 'sandboxes:exec'],
-      })
-    ).key;
-    approver = (
-      await keys.create({ tenant: 'default', name: 'human', scopes: ['approvals:write'] })
-    ).key;
-    const r = await s.req('POST', '/v1/sandboxes', { key: agent, body: {} });
-    assert.equal(r.status, 201, r.text);
-    sandbox = r.json.id;
+    ({ agent, approver, sandbox } = await approvalParties(s));
   });
   after(async () => {
     await s?.close();
   });
 
   const pendingFor = (marker: string) =>
-    waitFor(async () => {
-      const r = await s.req('GET', '/v1/approvals', { key: approver });
-      assert.equal(r.status, 200, r.text);
-      return (r.json.items as Pending[]).find((a) => a.command.includes(marker));
-    });
+    waitForPendingApproval(s, approver, (a) => a.command.includes(marker), WAIT_MS);
   const decide = (id: string, decision: 'approve' | 'deny', reason?: string) =>
-    s.req('POST', `/v1/approvals/${id}/${decision}`, {
-      key: approver,
-      body: reason === undefined ? {} : { reason },
-    });
+    decideApproval(s, id, decision, approver, reason);
 
   for (const transport of ['http', 'stdio'] as const) {
     const open = () =>
@@ -383,19 +356,7 @@ describe('MCP over /mcp: the wait budget (approvals.mcpWaitMs) is bounded by the
       policyLayers: [operator],
       config: { approvals: { mcpWaitMs: 1500, mcpProgressIntervalMs: PROGRESS_MS } },
     });
-    agent = (
-      await s.cp.app.keys.create({
-        tenant: 'default',
-        name: 'agent',
-        scopes: ['sandboxes:read', 'sandboxes:write', 'sandboxes:exec'],
-      })
-    ).key;
-    approver = (
-      await s.cp.app.keys.create({ tenant: 'default', name: 'human', scopes: ['approvals:write'] })
-    ).key;
-    const r = await s.req('POST', '/v1/sandboxes', { key: agent, body: {} });
-    assert.equal(r.status, 201, r.text);
-    sandbox = r.json.id;
+    ({ agent, approver, sandbox } = await approvalParties(s));
   });
   after(async () => {
     await s?.close();

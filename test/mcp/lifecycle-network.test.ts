@@ -5,42 +5,13 @@
  * injected resolver and a connect guard refuses anything else.
  */
 import assert from 'node:assert/strict';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parsePolicyObject } from '../../src/policy/index.js';
 import { mapResolver } from '../egress/helpers.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
 import { startTestServer, type TestServer } from '../server/helpers.js';
 import { httpSession, sandboxIdIn, type McpSession } from './helpers.js';
-
-interface Upstream {
-  port: number;
-  hits: string[];
-  close(): Promise<void>;
-}
-
-async function startUpstream(): Promise<Upstream> {
-  const hits: string[] = [];
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((req, res) => {
-    hits.push(req.url ?? '');
-    res.end(`upstream ${req.url ?? ''}`);
-  });
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    port: (server.address() as AddressInfo).port,
-    hits,
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
 
 /** The exit code and stdout section of an `exec` tool result. */
 function execResult(text: string): { exitCode: number; stdout: string } {

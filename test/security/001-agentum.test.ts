@@ -17,6 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
+import { statusField } from '../helpers/processes.js';
 import { httpSession, stdioSession } from '../mcp/helpers.js';
 import { execIn, startPalisade, type Palisade } from './fixture.js';
 
@@ -138,11 +139,7 @@ function hostPidsRunning(argv: string[]): number[] {
 }
 
 function hostUids(pid: number): number[] {
-  const line = readFileSync(`/proc/${pid}/status`, 'utf8')
-    .split('\n')
-    .find((l) => l.startsWith('Uid:'));
-  assert.ok(line);
-  return line.slice(4).trim().split(/\s+/).map(Number);
+  return statusField(pid, 'Uid').split(/\s+/).map(Number);
 }
 
 /** Every file under `dir` whose bytes contain `needle`. */

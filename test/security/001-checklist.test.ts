@@ -2,7 +2,6 @@
 // `palisade serve` (privilege-separated, as in production) with an operator policy that
 // blocks the commands the checklist names.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import {
   chmodSync,
   copyFileSync,
@@ -11,7 +10,6 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
-  readlinkSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -22,10 +20,10 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AuditLog } from '../../src/audit/index.js';
 import { backupDatabase, openStore } from '../../src/store/index.js';
+import { listenerPid, statusField } from '../helpers/processes.js';
+import { CLI_ENTRY as CLI, spawnServe } from '../helpers/serve.js';
 import { httpSession } from '../mcp/helpers.js';
-import { execIn, startPalisade, type Palisade } from './fixture.js';
-
-const CLI = join(import.meta.dirname, '..', 'server', 'cli-entry.ts');
+import { execIn, runCli, runCommand, startPalisade, type Palisade } from './fixture.js';
 
 const OPERATOR_POLICY = `
 permissions:
@@ -45,79 +43,20 @@ permissions:
     - "LS(./**)"
 `;
 
-function runCli(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return runWith(process.execPath, ['--import', 'tsx', CLI, ...args], env);
-}
-
-function runWith(
-  command: string,
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(command, args, {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/root', ...env },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
-
 /** `palisade serve` on an existing data directory; resolves once it listens. */
 async function serveOn(
   dataDir: string,
   engine: { start: number; cgroup: string },
 ): Promise<{ url: string; stdout(): string; stop(): Promise<void> }> {
-  const child = spawn(
-    process.execPath,
-    [
-      '--import',
-      'tsx',
-      CLI,
-      'serve',
-      '--port',
-      '0',
-      '--data-dir',
-      dataDir,
-      '--engine-uids',
-      `${engine.start}:100`,
-      '--engine-cgroup',
-      engine.cgroup,
-    ],
-    {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/root' },
-    },
-  );
-  let stdout = '';
-  let stderr = '';
-  const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`serve did not start: ${stderr}`)), 60_000);
-    child.stdout.on('data', (d: Buffer) => {
-      stdout += d.toString();
-      const m = /listening on (http:\/\/\S+)/.exec(stdout);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]!);
-      }
-    });
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    void exited.then(() => {
-      clearTimeout(timer);
-      reject(new Error(`serve exited: ${stdout} ${stderr}`));
-    });
+  const { child, url, exited, output } = await spawnServe({
+    dataDir,
+    engineUids: { start: engine.start, count: 100 },
+    engineCgroup: engine.cgroup,
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/root' },
   });
   return {
     url,
-    stdout: () => stdout,
+    stdout: () => output().stdout,
     async stop() {
       child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
@@ -135,43 +74,6 @@ async function countingListener(): Promise<{ server: Server; port: number; count
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   return { server, port: (server.address() as AddressInfo).port, count: () => connections };
-}
-
-/** The pid owning the TCP socket listening on 127.0.0.1:port (via /proc/net/tcp inodes). */
-function listenerPid(port: number): number | undefined {
-  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
-  const inodes = new Set<string>();
-  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    for (const line of readFileSync(file, 'utf8').split('\n').slice(1)) {
-      const cols = line.trim().split(/\s+/);
-      if (cols[1]?.endsWith(`:${hexPort}`) && cols[3] === '0A' && cols[9]) inodes.add(cols[9]);
-    }
-  }
-  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${pid}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
-      try {
-        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
-        if (m && inodes.has(m[1]!)) return Number(pid);
-      } catch {
-        // the fd closed meanwhile
-      }
-    }
-  }
-  return undefined;
-}
-
-function statusField(pid: number, field: string): string {
-  const m = new RegExp(`^${field}:\\s*(.*)$`, 'm').exec(
-    readFileSync(`/proc/${pid}/status`, 'utf8'),
-  );
-  assert.ok(m, `${field} of ${pid}`);
-  return m[1]!.trim();
 }
 
 function filesUnder(dir: string): string[] {
@@ -546,7 +448,7 @@ describe('001 hardening checklist against a real palisade serve', () => {
     writeFileSync(fake, '', { mode: 0o644 });
     const dataDir = join(scratch, 'data');
     const hidden = (args: string[]) =>
-      runWith('unshare', [
+      runCommand('unshare', [
         '--mount',
         '--propagation',
         'private',

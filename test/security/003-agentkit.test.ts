@@ -23,7 +23,7 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import { WebSocket } from 'ws';
 import { PalisadeClient, ServerError } from '../../src/client/index.js';
 import { startFrontProxy } from '../client/helpers.js';
-import type { Res } from '../server/helpers.js';
+import { WsClient, type Res } from '../server/helpers.js';
 import { execIn, startPalisade, type Palisade } from './fixture.js';
 
 const CLI = join(import.meta.dirname, '..', 'server', 'cli-entry.ts');
@@ -63,36 +63,6 @@ function wsHandshake(url: string, key: string | undefined): Promise<number> {
     });
     ws.once('error', (err) => reject(err));
   });
-}
-
-/** A WebSocket client that records every message. */
-class WsClient {
-  readonly messages: Array<Record<string, unknown>> = [];
-  readonly ws: WebSocket;
-  readonly opened: Promise<void>;
-  constructor(url: string, key: string) {
-    this.ws = new WebSocket(`${url.replace('http', 'ws')}/v1/ws`, {
-      headers: { authorization: `Bearer ${key}` },
-    });
-    this.ws.on('message', (d) => this.messages.push(JSON.parse(String(d))));
-    this.opened = new Promise((resolve, reject) => {
-      this.ws.once('open', () => resolve());
-      this.ws.once('error', reject);
-    });
-  }
-  async waitFor(pred: (m: Record<string, unknown>) => boolean): Promise<void> {
-    const deadline = Date.now() + 15_000;
-    while (!this.messages.some(pred)) {
-      if (Date.now() > deadline) throw new Error(JSON.stringify(this.messages).slice(0, 1000));
-      await sleep(20);
-    }
-  }
-  output(execId: string): string {
-    return this.messages
-      .filter((m) => m.type === 'exec.output' && m.execId === execId)
-      .map((m) => Buffer.from(String(m.data), 'base64').toString())
-      .join('');
-  }
 }
 
 async function eventually<T>(probe: () => Promise<T | undefined>, ms = 10_000): Promise<T> {

@@ -1,7 +1,6 @@
 // Attack suite for seed 004 (OpenSandbox review): each finding tried against a real
 // `palisade serve` (privilege-separated, as in production) over its real HTTP port.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
@@ -12,7 +11,6 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
-import { request as httpRequest } from 'node:http';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,18 +18,10 @@ import { after, before, describe, it } from 'node:test';
 import { createSandboxRuntime } from '../../src/sandbox/index.js';
 import { buildApp, resolveConfig } from '../../src/server/index.js';
 import { openStore } from '../../src/store/index.js';
-import { serverEngineConfig } from '../server/helpers.js';
-import { execIn, startPalisade, type Palisade } from './fixture.js';
+import { requestFrom, serverEngineConfig, type RawRes } from '../server/helpers.js';
+import { execIn, runCli, startPalisade, type Palisade } from './fixture.js';
 
-const CLI = join(import.meta.dirname, '..', 'server', 'cli-entry.ts');
 const ALLOWED_ORIGIN = 'http://app.palisade-h6.test';
-
-interface RawRes {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  text: string;
-  json: any; // eslint-disable-line @typescript-eslint/no-explicit-any
-}
 
 // Unauthenticated probes come from their own loopback address each, so the failed-auth
 // throttle (10 failures per address per minute) never turns the 401 we assert into a 429.
@@ -47,56 +37,12 @@ function raw(
   path: string,
   options: { headers?: Record<string, string>; body?: string; localAddress?: string } = {},
 ): Promise<RawRes> {
-  const url = new URL(baseUrl);
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(
-      {
-        host: url.hostname,
-        port: url.port,
-        method,
-        path,
-        headers: {
-          ...(options.body !== undefined ? { 'content-type': 'application/json' } : {}),
-          ...options.headers,
-        },
-        localAddress: options.localAddress ?? probeAddress(),
-        agent: false,
-      },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          let json: unknown;
-          try {
-            json = text ? JSON.parse(text) : undefined;
-          } catch {
-            json = undefined;
-          }
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
-        });
-        res.on('error', reject);
-      },
-    );
-    req.on('error', reject);
-    req.end(options.body);
-  });
-}
-
-function runCli(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/root', ...env },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  return requestFrom(baseUrl, options.localAddress ?? probeAddress(), method, path, {
+    headers: {
+      ...(options.body !== undefined ? { 'content-type': 'application/json' } : {}),
+      ...options.headers,
+    },
+    ...(options.body !== undefined ? { rawBody: options.body } : {}),
   });
 }
 

@@ -4,9 +4,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { CLI_ENTRY, spawnServe } from '../helpers/serve.js';
 import { request, type ReqOptions, type Res } from '../server/helpers.js';
-
-const CLI = join(import.meta.dirname, '..', 'server', 'cli-entry.ts');
 
 export interface ServeOptions {
   /** Extra `palisade serve` arguments. */
@@ -52,22 +51,7 @@ export async function startPalisade(options: ServeOptions = {}): Promise<Palisad
   };
   const dataDir = mkdtempSync(join(tmpdir(), 'palisade-attack-'));
   chmodSync(dataDir, 0o711);
-  const args = [
-    '--import',
-    'tsx',
-    CLI,
-    'serve',
-    '--port',
-    '0',
-    '--data-dir',
-    dataDir,
-    '--log-level',
-    'info',
-    '--engine-uids',
-    `${uidRange.start}:${uidRange.count}`,
-    '--engine-cgroup',
-    `palisade-attack-${process.pid}-${n}`,
-  ];
+  const args: string[] = [];
   if (options.singleProcess) args.push('--single-process');
   if (options.policy !== undefined) {
     const policyFile = join(dataDir, 'operator-policy.yaml');
@@ -75,47 +59,26 @@ export async function startPalisade(options: ServeOptions = {}): Promise<Palisad
     args.push('--policy', policyFile);
   }
   args.push(...(options.args ?? []));
-  const child = spawn(process.execPath, args, {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/root', ...options.env },
-  });
   // A test file that dies (timeout, crash) must not leave its server running.
-  const reap = () => child.kill('SIGTERM');
-  process.once('exit', reap);
-  let stdout = '';
-  let stderr = '';
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  const split = process.getuid?.() === 0 && !options.singleProcess;
-  const started = await new Promise<{ url: string; adminKey: string; workerPid?: number }>(
-    (resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`palisade serve did not start: ${stdout} ${stderr}`)),
-        options.startTimeoutMs ?? 60_000,
-      );
-      const check = () => {
-        const url = /listening on (http:\/\/\S+)/.exec(stdout)?.[1];
-        const adminKey = /^Admin API key: (\S+)$/m.exec(stdout)?.[1];
-        const worker = /HTTP worker pid (\d+)/.exec(stderr)?.[1];
-        if (url && adminKey && (!split || worker)) {
-          clearTimeout(timer);
-          resolve({ url, adminKey, ...(worker ? { workerPid: Number(worker) } : {}) });
-        }
-      };
-      child.stdout!.on('data', (d: Buffer) => {
-        stdout += d.toString();
-        check();
-      });
-      child.stderr!.on('data', (d: Buffer) => {
-        stderr += d.toString();
-        check();
-      });
-      void exited.then((code) => {
-        clearTimeout(timer);
-        reject(new Error(`palisade serve exited ${code}: ${stdout} ${stderr}`));
-      });
+  let reap = () => {};
+  const started = await spawnServe({
+    dataDir,
+    logLevel: 'info',
+    engineUids: uidRange,
+    engineCgroup: `palisade-attack-${process.pid}-${n}`,
+    args,
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/root', ...options.env },
+    waitForAdminKey: true,
+    waitForWorker: process.getuid?.() === 0 && !options.singleProcess,
+    ...(options.startTimeoutMs !== undefined ? { startTimeoutMs: options.startTimeoutMs } : {}),
+    onSpawn: (spawned) => {
+      reap = () => spawned.kill('SIGTERM');
+      process.once('exit', reap);
     },
-  );
-  const { url, adminKey } = started;
+  });
+  const { child, exited, output } = started;
+  const url = started.url;
+  const adminKey = started.adminKey!;
   const req = (method: string, path: string, opts: ReqOptions = {}) =>
     request(url, method, path, { key: adminKey, ...opts });
   return {
@@ -126,7 +89,7 @@ export async function startPalisade(options: ServeOptions = {}): Promise<Palisad
     workerPid: started.workerPid,
     uidRange,
     child,
-    output: () => ({ stdout, stderr }),
+    output,
     req,
     async createKey(body) {
       const res = await req('POST', '/v1/keys', { body });
@@ -162,4 +125,34 @@ export async function execIn(
     body: { command },
     ...(key ? { key } : {}),
   });
+}
+
+export interface CommandResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Run `command` to completion with a minimal environment (PATH, HOME=/root, plus `env`). */
+export function runCommand(
+  command: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<CommandResult> {
+  return new Promise((resolve) => {
+    const child = spawn(command, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: '/root', ...env },
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** Run the `palisade` CLI (from source) to completion, as `runCommand` does. */
+export function runCli(args: string[], env: Record<string, string> = {}): Promise<CommandResult> {
+  return runCommand(process.execPath, ['--import', 'tsx', CLI_ENTRY, ...args], env);
 }

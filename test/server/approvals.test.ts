@@ -2,21 +2,17 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parsePolicyObject } from '../../src/policy/index.js';
-import { startTestServer, type Res, type TestServer } from './helpers.js';
+import {
+  mintKey,
+  startTestServer,
+  waitFor,
+  waitForPendingApproval,
+  type Res,
+  type TestServer,
+} from './helpers.js';
 
 const TIMEOUT_MS = 4000;
 const RETENTION_MS = 1500;
-
-/** Polls until `check` returns a value (or fails after `ms`). */
-async function waitFor<T>(check: () => Promise<T | undefined>, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await sleep(25);
-  }
-}
 
 describe('human approvals (real server, real sandboxes)', () => {
   let s: TestServer;
@@ -41,23 +37,10 @@ describe('human approvals (real server, real sandboxes)', () => {
         },
       },
     });
-    const keys = s.cp.app.keys;
-    approver = (
-      await keys.create({ tenant: 'default', name: 'human', scopes: ['approvals:write'] })
-    ).key;
-    approver2 = (
-      await keys.create({ tenant: 'default', name: 'human2', scopes: ['approvals:write'] })
-    ).key;
-    execOnly = (
-      await keys.create({
-        tenant: 'default',
-        name: 'agent',
-        scopes: ['sandboxes:exec', 'sandboxes:read', 'sandboxes:write'],
-      })
-    ).key;
-    otherTenantApprover = (
-      await keys.create({ tenant: 'other', name: 'human', scopes: ['approvals:write', 'admin'] })
-    ).key;
+    approver = await mintKey(s, 'human', ['approvals:write']);
+    approver2 = await mintKey(s, 'human2', ['approvals:write']);
+    execOnly = await mintKey(s, 'agent', ['sandboxes:exec', 'sandboxes:read', 'sandboxes:write']);
+    otherTenantApprover = await mintKey(s, 'human', ['approvals:write', 'admin'], 'other');
     const r = await s.req('POST', '/v1/sandboxes', { key: execOnly, body: {} });
     assert.equal(r.status, 201, r.text);
     sandbox = r.json.id;
@@ -84,13 +67,7 @@ describe('human approvals (real server, real sandboxes)', () => {
 
   /** The pending approval for a command, once it appears in the list. */
   const pendingFor = (command: string) =>
-    waitFor(async () => {
-      const r = await s.req('GET', '/v1/approvals', { key: approver });
-      assert.equal(r.status, 200, r.text);
-      return (r.json.items as Array<{ id: string; command: string }>).find(
-        (a) => a.command === command,
-      );
-    });
+    waitForPendingApproval(s, approver, (a) => a.command === command);
 
   it('an asked command waits; once approved it runs and returns its output', async () => {
     const running = exec({ command: 'echo approved-run' });

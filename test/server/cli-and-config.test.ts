@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SCOPES } from '../../src/auth/index.js';
 import { opsConfigFromFlags, resolveConfig } from '../../src/server/index.js';
+import { spawnServe } from '../helpers/serve.js';
 import { request } from './helpers.js';
 import { startTestServer, type TestServer } from './helpers.js';
 
@@ -152,23 +153,12 @@ describe('circuit breaker and metrics settings', () => {
     const uidStart = 1_795_000_000 + (process.pid % 5000) * 100;
     let child: ChildProcess | undefined;
     try {
-      child = spawn(
-        process.execPath,
-        [
-          '--import',
-          'tsx',
-          CLI,
-          'serve',
-          '--port',
-          '0',
-          '--data-dir',
-          dataDir,
-          '--log-level',
-          'silent',
-          '--engine-uids',
-          `${uidStart}:100`,
-          '--engine-cgroup',
-          `palisade-opsflags-${process.pid}`,
+      const served = await spawnServe({
+        dataDir,
+        logLevel: 'silent',
+        engineUids: { start: uidStart, count: 100 },
+        engineCgroup: `palisade-opsflags-${process.pid}`,
+        args: [
           '--policy',
           policy,
           '--breaker-threshold',
@@ -180,19 +170,11 @@ describe('circuit breaker and metrics settings', () => {
           '--exec-max-running-per-key',
           '1',
         ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
-      );
-      let out = '';
-      let err = '';
-      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-      child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-      for (let i = 0; i < 600 && !/listening on http/.test(out); i++) {
-        assert.equal(child.exitCode, null, `serve exited: ${out} ${err}`);
-        await sleep(100);
-      }
-      const url = /listening on (http:\/\/\S+)/.exec(out)?.[1];
-      const adminKey = /^Admin API key: (\S+)$/m.exec(out)?.[1];
-      assert.ok(url && adminKey, `serve did not start: ${out} ${err}`);
+        waitForAdminKey: true,
+        onSpawn: (spawned) => (child = spawned),
+      });
+      const { url, adminKey } = served;
+      assert.ok(url && adminKey, `serve did not start: ${JSON.stringify(served.output())}`);
       // loopback: /metrics without a key from 127.0.0.1.
       const metrics = await request(url, 'GET', '/metrics');
       assert.equal(metrics.status, 200, metrics.text);
@@ -253,10 +235,11 @@ describe('circuit breaker and metrics settings', () => {
       assert.equal(view.json.state, 'paused', view.text);
       assert.equal(view.json.flagged, true);
       assert.match(view.json.reason, /circuit breaker: 3 denials in 30 s/);
-      child.kill('SIGTERM');
-      for (let i = 0; i < 300 && child.exitCode === null && child.signalCode === null; i++)
+      const running = served.child;
+      running.kill('SIGTERM');
+      for (let i = 0; i < 300 && running.exitCode === null && running.signalCode === null; i++)
         await sleep(100);
-      assert.equal(child.exitCode, 0, err);
+      assert.equal(running.exitCode, 0, served.output().stderr);
     } finally {
       if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       rmSync(dataDir, { recursive: true, force: true });

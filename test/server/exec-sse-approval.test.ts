@@ -8,7 +8,13 @@ import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PalisadeClient, PolicyDeniedError } from '../../src/client/index.js';
 import { parsePolicyObject } from '../../src/policy/index.js';
-import { startTestServer, type TestServer } from './helpers.js';
+import {
+  approvalParties,
+  decideApproval,
+  startTestServer,
+  waitForPendingApproval,
+  type TestServer,
+} from './helpers.js';
 
 const APPROVAL_TIMEOUT_MS = 2500;
 
@@ -76,20 +82,7 @@ describe('streamed exec with an ask policy (real server, real sandboxes)', () =>
       policyLayers: [layer],
       config: { approvals: { timeoutMs: APPROVAL_TIMEOUT_MS } },
     });
-    const keys = s.cp.app.keys;
-    agent = (
-      await keys.create({
-        tenant: 'default',
-        name: 'agent',
-        scopes: ['sandboxes:exec', 'sandboxes:read', 'sandboxes:write'],
-      })
-    ).key;
-    approver = (
-      await keys.create({ tenant: 'default', name: 'human', scopes: ['approvals:write'] })
-    ).key;
-    const r = await s.req('POST', '/v1/sandboxes', { key: agent, body: {} });
-    assert.equal(r.status, 201, r.text);
-    sandbox = r.json.id;
+    ({ agent, approver, sandbox } = await approvalParties(s));
   });
   after(async () => {
     await s.close();
@@ -210,22 +203,9 @@ describe('streamed exec with an ask policy (real server, real sandboxes)', () =>
     const client = new PalisadeClient({ baseUrl: s.url, apiKey: agent });
     const box = client.sandbox(sandbox);
     const decide = async (command: string, verdict: 'approve' | 'deny') => {
-      for (let i = 0; i < 400; i++) {
-        const r = await s.req('GET', '/v1/approvals', { key: approver });
-        const found = (r.json.items as Array<{ id: string; command: string }>).find(
-          (a) => a.command === command,
-        );
-        if (found) {
-          const d = await s.req('POST', `/v1/approvals/${found.id}/${verdict}`, {
-            key: approver,
-            body: {},
-          });
-          assert.equal(d.status, 200, d.text);
-          return;
-        }
-        await sleep(25);
-      }
-      assert.fail(`no approval for ${command}`);
+      const found = await waitForPendingApproval(s, approver, (a) => a.command === command);
+      const d = await decideApproval(s, found.id, verdict, approver);
+      assert.equal(d.status, 200, d.text);
     };
     const chunks: string[] = [];
     const approved = box.commands.run('echo sdk-approved', {

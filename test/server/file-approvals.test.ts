@@ -3,33 +3,21 @@ import { randomBytes } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startTestServer, type Res, type TestServer } from './helpers.js';
+import {
+  decideApproval,
+  mintKey,
+  startTestServer,
+  waitFor,
+  waitForPendingApproval,
+  type ApprovalView,
+  type Res,
+  type TestServer,
+} from './helpers.js';
 
 const TIMEOUT_MS = 3000;
 const MiB = 1024 * 1024;
 const MAX_WRITE = 4 * MiB;
 const q = (path: string): string => encodeURIComponent(path);
-
-async function waitFor<T>(check: () => Promise<T | undefined>, ms = 10_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await sleep(25);
-  }
-}
-
-interface View {
-  id: string;
-  sandboxId: string;
-  execId: string | null;
-  tool: string;
-  command: string;
-  path: string | null;
-  policyReason: string;
-  status: string;
-}
 
 describe('file actions the policy asks about wait for a human approval (real server, real sandboxes)', () => {
   let s: TestServer;
@@ -45,20 +33,9 @@ describe('file actions the policy asks about wait for a human approval (real ser
         files: { maxWriteBytes: MAX_WRITE },
       },
     });
-    const keys = s.cp.app.keys;
-    agent = (
-      await keys.create({
-        tenant: 'default',
-        name: 'agent',
-        scopes: ['sandboxes:read', 'sandboxes:write', 'sandboxes:exec'],
-      })
-    ).key;
-    approver = (
-      await keys.create({ tenant: 'default', name: 'human', scopes: ['approvals:write'] })
-    ).key;
-    approver2 = (
-      await keys.create({ tenant: 'default', name: 'human2', scopes: ['approvals:write'] })
-    ).key;
+    agent = await mintKey(s, 'agent', ['sandboxes:read', 'sandboxes:write', 'sandboxes:exec']);
+    approver = await mintKey(s, 'human', ['approvals:write']);
+    approver2 = await mintKey(s, 'human2', ['approvals:write']);
     const r = await s.req('POST', '/v1/sandboxes', {
       key: agent,
       body: {
@@ -124,16 +101,9 @@ describe('file actions the policy asks about wait for a human approval (real ser
   };
   /** The pending approval whose command contains `marker`. */
   const pendingFor = (marker: string) =>
-    waitFor(async () => {
-      const r = await s.req('GET', '/v1/approvals', { key: approver });
-      assert.equal(r.status, 200, r.text);
-      return (r.json.items as View[]).find((a) => a.command.includes(marker));
-    });
+    waitForPendingApproval(s, approver, (a) => a.command.includes(marker));
   const decide = (id: string, decision: 'approve' | 'deny', key = approver, reason?: string) =>
-    s.req('POST', `/v1/approvals/${id}/${decision}`, {
-      key,
-      body: reason === undefined ? {} : { reason },
-    });
+    decideApproval(s, id, decision, key, reason);
 
   it('approve: a PUT that asked waits, then writes the file and answers 201', async () => {
     const writing = call('PUT', files(`?path=${q('review/approved.txt')}`), 'approved body\n');
@@ -318,7 +288,7 @@ describe('file actions the policy asks about wait for a human approval (real ser
     const writing = call('PUT', files(`?path=${q('review/fed.txt')}`), 'fed');
     await readUntil(/event: approval\.pending\ndata: [^\n]*fed\.txt/);
     const line = /event: approval\.pending\ndata: ([^\n]*fed\.txt[^\n]*)/.exec(text)![1]!;
-    const announced = JSON.parse(line) as View;
+    const announced = JSON.parse(line) as ApprovalView;
     assert.equal(announced.tool, 'Write');
     assert.equal(announced.path, '/workspace/review/fed.txt');
     await decide(announced.id, 'deny');

@@ -5,8 +5,6 @@
  * non-loopback address as a safety net.
  */
 import assert from 'node:assert/strict';
-import { createServer, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,48 +15,8 @@ import { parseEgressRule, parsePolicyObject } from '../../src/policy/index.js';
 import { EgressAuditSink, allowRuleCovered } from '../../src/server/index.js';
 import { openStore } from '../../src/store/index.js';
 import { mapResolver } from '../egress/helpers.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
 import { startTestServer, type Res, type TestServer } from './helpers.js';
-
-interface Upstream {
-  port: number;
-  hits: string[];
-  close(): Promise<void>;
-}
-
-/** `/stream` sends a line every 100 ms and never ends; anything else gets one line. */
-async function startUpstream(): Promise<Upstream> {
-  const hits: string[] = [];
-  const sockets = new Set<Socket>();
-  const timers = new Set<NodeJS.Timeout>();
-  const server: Server = createServer((req, res: ServerResponse) => {
-    hits.push(req.url ?? '');
-    if (req.url === '/stream') {
-      res.writeHead(200, { 'content-type': 'text/plain' });
-      const timer = setInterval(() => res.write('tick\n'), 100);
-      timers.add(timer);
-      res.on('close', () => {
-        clearInterval(timer);
-        timers.delete(timer);
-      });
-      return;
-    }
-    res.end(`upstream ${req.url ?? ''}`);
-  });
-  server.on('connection', (s: Socket) => {
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    port: (server.address() as AddressInfo).port,
-    hits,
-    async close() {
-      for (const t of timers) clearInterval(t);
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
 
 const egressOptions = () => ({
   resolver: mapResolver({

@@ -1,72 +1,30 @@
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { pidsInUidRange as pidsInRange } from '../helpers/processes.js';
+import { spawnServe } from '../helpers/serve.js';
 import { request } from './helpers.js';
 
 const CLI = join(import.meta.dirname, 'cli-entry.ts');
 const UID_START = 1_750_000_000 + (process.pid % 5000) * 100;
 const UID_COUNT = 100;
 
-function pidsInUidRange(): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const status = readFileSync(`/proc/${entry}/status`, 'utf8');
-      // A zombie has already died (SIGKILL'd with its crashed server) and only waits to be
-      // reaped by init; it runs nothing and holds no resources but its pid.
-      if (/^State:\s+Z/m.test(status)) continue;
-      const m = /^Uid:\s+(\d+)/m.exec(status);
-      const uid = m ? Number(m[1]) : -1;
-      if (uid >= UID_START && uid < UID_START + UID_COUNT) out.push(Number(entry));
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
+const pidsInUidRange = () => pidsInRange(UID_START, UID_COUNT);
 
 async function serve(
   dataDir: string,
 ): Promise<{ child: ChildProcess; url: string; adminKey: string | undefined }> {
-  const child = spawn(
-    process.execPath,
-    [
-      '--import',
-      'tsx',
-      CLI,
-      'serve',
-      '--port',
-      '0',
-      '--data-dir',
-      dataDir,
-      '--log-level',
-      'silent',
-      '--engine-uids',
-      `${UID_START}:${UID_COUNT}`,
-      '--engine-cgroup',
-      `palisade-restart-${process.pid}`,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let out = '';
-  let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`serve did not start: ${out} ${err}`)), 30_000);
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const url = /listening on (http:\/\/\S+)/.exec(out)?.[1];
-      if (url) {
-        clearTimeout(timer);
-        resolve({ child, url, adminKey: /^Admin API key: (\S+)$/m.exec(out)?.[1] });
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`serve exited ${code}: ${out} ${err}`)));
+  const served = await spawnServe({
+    dataDir,
+    logLevel: 'silent',
+    engineUids: { start: UID_START, count: UID_COUNT },
+    engineCgroup: `palisade-restart-${process.pid}`,
+    startTimeoutMs: 30_000,
   });
+  return { child: served.child, url: served.url, adminKey: served.adminKey };
 }
 
 describe('restart and crash consistency', () => {

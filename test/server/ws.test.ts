@@ -1,101 +1,23 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { connect, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { WebSocket } from 'ws';
 import { parsePolicyObject } from '../../src/policy/index.js';
 import { DEFAULT_WS_CONFIG, MAX_TRACKED_EXECS, StreamHub } from '../../src/server/ws.js';
-import { startTestServer, type TestServer } from './helpers.js';
+import {
+  rawUpgrade as rawUpgradeRequest,
+  startTestServer,
+  WsClient,
+  type TestServer,
+} from './helpers.js';
 
 const ALLOWED_ORIGIN = 'https://app.example.com';
 const MAX_BUFFERED = 256 * 1024;
 const PER_KEY = 3;
 
-interface Msg {
-  type: string;
-  [key: string]: unknown;
-}
-
-/** A ws client that records every message it receives. */
-class Client {
-  readonly messages: Msg[] = [];
-  readonly ws: WebSocket;
-  readonly opened: Promise<void>;
-  closeCode: number | null = null;
-
-  constructor(url: string, key: string) {
-    this.ws = new WebSocket(`${url.replace('http', 'ws')}/v1/ws`, {
-      headers: { authorization: `Bearer ${key}` },
-    });
-    this.ws.on('message', (data) => this.messages.push(JSON.parse(String(data)) as Msg));
-    this.ws.on('close', (code) => {
-      this.closeCode = code;
-    });
-    this.opened = new Promise((resolve, reject) => {
-      this.ws.once('open', () => resolve());
-      this.ws.once('error', reject);
-    });
-  }
-
-  send(msg: unknown): void {
-    this.ws.send(JSON.stringify(msg));
-  }
-
-  async waitFor(pred: (m: Msg) => boolean, ms = 15_000): Promise<Msg> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const found = this.messages.find(pred);
-      if (found) return found;
-      if (Date.now() > deadline)
-        throw new Error(`no matching message; got ${JSON.stringify(this.messages).slice(0, 2000)}`);
-      await sleep(20);
-    }
-  }
-
-  output(execId: string): string {
-    return this.messages
-      .filter((m) => m.type === 'exec.output' && m.execId === execId)
-      .map((m) => Buffer.from(String(m.data), 'base64').toString())
-      .join('');
-  }
-
-  close(): void {
-    this.ws.terminate();
-  }
-}
-
 /** Sends a raw HTTP upgrade request and returns the status code and raw response head. */
-function rawUpgrade(
-  url: string,
-  headers: Record<string, string>,
-  path = '/v1/ws',
-): Promise<{ status: number; head: string; socket: Socket }> {
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve, reject) => {
-    const socket = connect(Number(port), hostname);
-    let buf = '';
-    socket.on('error', reject);
-    socket.on('data', (d) => {
-      buf += d.toString('latin1');
-      const end = buf.indexOf('\r\n\r\n');
-      if (end >= 0) {
-        socket.removeAllListeners('data');
-        resolve({ status: Number(buf.split(' ')[1]), head: buf.slice(0, end), socket });
-      }
-    });
-    const lines = [
-      `GET ${path} HTTP/1.1`,
-      `Host: ${hostname}:${port}`,
-      'Upgrade: websocket',
-      'Connection: Upgrade',
-      `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}`,
-      'Sec-WebSocket-Version: 13',
-      ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`),
-    ];
-    socket.write(`${lines.join('\r\n')}\r\n\r\n`);
-  });
-}
+const rawUpgrade = (url: string, headers: Record<string, string>, path = '/v1/ws') =>
+  rawUpgradeRequest(url, headers, { path });
 
 /** A masked client text frame (clients must mask). */
 function clientFrame(text: string): Buffer {
@@ -227,9 +149,9 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
   });
 
   it("a client never receives another tenant's or another execution's messages", async () => {
-    const sandboxSub = new Client(s.url, keyA);
-    const execSub = new Client(s.url, keyA2);
-    const tenantB = new Client(s.url, keyB);
+    const sandboxSub = new WsClient(s.url, keyA);
+    const execSub = new WsClient(s.url, keyA2);
+    const tenantB = new WsClient(s.url, keyB);
     await Promise.all([sandboxSub.opened, execSub.opened, tenantB.opened]);
     sandboxSub.send({ type: 'subscribe', sandboxId: sbA });
     await sandboxSub.waitFor((m) => m.type === 'subscribed' && m.sandboxId === sbA);
@@ -277,7 +199,7 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
     assert.equal(sandboxSub.output(fgA.json.execId), 'exec-two\n');
     assert.equal(execSub.output(execOne), 'exec-one\n');
     assert.equal(tenantB.output(fgB.json.execId), 'beta-out\n');
-    const execIdsSeen = (c: Client) =>
+    const execIdsSeen = (c: WsClient) =>
       new Set(c.messages.filter((m) => typeof m.execId === 'string').map((m) => m.execId));
     assert.deepEqual([...execIdsSeen(execSub)], [execOne]);
     assert.ok(!execIdsSeen(execSub).has(fgA.json.execId));
@@ -316,8 +238,8 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
   });
 
   it('two clients on two executions each get only their own; routing is by subscription', async () => {
-    const one = new Client(s.url, keyA);
-    const two = new Client(s.url, keyA2);
+    const one = new WsClient(s.url, keyA);
+    const two = new WsClient(s.url, keyA2);
     await Promise.all([one.opened, two.opened]);
     const hub = s.cp.app.streams;
     const subsBefore = hub.stats().subscriptions;
@@ -341,7 +263,7 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
     await two.waitFor((m) => m.type === 'exec.exit' && m.execId === execTwo);
     assert.equal(one.output(execOne), 'one-1\none-2\none-3\n');
     assert.equal(two.output(execTwo), 'two-1\ntwo-2\ntwo-3\n');
-    const seen = (c: Client) =>
+    const seen = (c: WsClient) =>
       new Set(c.messages.filter((m) => typeof m.execId === 'string').map((m) => m.execId));
     assert.deepEqual([...seen(one)], [execOne]);
     assert.deepEqual([...seen(two)], [execTwo]);
@@ -355,7 +277,7 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
   });
 
   it('an exec waiting for approval can be subscribed to by id and reports not_run', async () => {
-    const c = new Client(s.url, keyA2);
+    const c = new WsClient(s.url, keyA2);
     await c.opened;
     const asked = await s.req('POST', `/v1/sandboxes/${sbA}/exec`, {
       key: keyA,
@@ -372,7 +294,7 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
   });
 
   it('bad messages get a clear error and the connection stays usable', async () => {
-    const c = new Client(s.url, keyA);
+    const c = new WsClient(s.url, keyA);
     await c.opened;
     c.ws.send('not json');
     c.send({ type: 'subscribe' });
@@ -397,7 +319,7 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
       name: 'soon',
       scopes: ['sandboxes:read'],
     });
-    const c = new Client(s.url, k.key);
+    const c = new WsClient(s.url, k.key);
     await c.opened;
     await s.cp.app.keys.revoke(k.info.id);
     c.send({ type: 'subscribe', sandboxId: sbA });
@@ -408,9 +330,9 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
   it('connections per key are limited; closing one frees a slot', async () => {
     await sleep(200);
     const before = s.cp.app.streams.stats().connections;
-    const open: Client[] = [];
+    const open: WsClient[] = [];
     for (let i = 0; i < PER_KEY; i++) {
-      const c = new Client(s.url, keyA);
+      const c = new WsClient(s.url, keyA);
       await c.opened;
       open.push(c);
     }
@@ -419,13 +341,13 @@ describe('WebSocket streams (real server, real sandboxes)', () => {
     assert.equal(over.status, 429, over.head);
     assert.match(over.head, /retry-after: \d+/i);
     // Another key of the same tenant is unaffected.
-    const other = new Client(s.url, keyA2);
+    const other = new WsClient(s.url, keyA2);
     await other.opened;
     other.close();
     open.pop()!.close();
     for (let i = 0; i < 100 && s.cp.app.streams.stats().connections > before + PER_KEY - 1; i++)
       await sleep(20);
-    const again = new Client(s.url, keyA);
+    const again = new WsClient(s.url, keyA);
     await again.opened;
     again.close();
     for (const c of open) c.close();
@@ -553,7 +475,7 @@ describe('WebSocket keepalive and subscription bounds (real server)', () => {
     const hub = s.cp.app.streams;
     assert.equal(hub.stats().connections, 0);
     // A client that answers pings (ws does by default) outlives several ping intervals.
-    const healthy = new Client(s.url, key);
+    const healthy = new WsClient(s.url, key);
     await healthy.opened;
     healthy.send({ type: 'subscribe', sandboxId: sb });
     await healthy.waitFor((m) => m.type === 'subscribed');
@@ -585,7 +507,7 @@ describe('WebSocket keepalive and subscription bounds (real server)', () => {
     for (let i = 0; i < 100 && !closed; i++) await sleep(10);
     assert.ok(closed, 'the server did not close the TCP connection');
     // Its per-key slot is free again.
-    const again = new Client(s.url, key);
+    const again = new WsClient(s.url, key);
     await again.opened;
     again.close();
     // The healthy client is still there after several intervals and still gets events.
@@ -615,7 +537,7 @@ describe('WebSocket subscription bounds', () => {
         })
       ).key;
       const sb = (await s.req('POST', '/v1/sandboxes', { key, body: {} })).json.id as string;
-      const c = new Client(s.url, key);
+      const c = new WsClient(s.url, key);
       await c.opened;
       c.send({ type: 'subscribe', sandboxId: sb });
       await c.waitFor((m) => m.type === 'subscribed' && m.sandboxId === sb);

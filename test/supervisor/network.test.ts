@@ -6,14 +6,14 @@
  * are ever allowed; the in-process gateway also has a loopback-only connect guard.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import { connect, type AddressInfo, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { AuditLog } from '../../src/audit/index.js';
+
 import { isPalisadeError } from '../../src/errors/index.js';
 import { parseEgressPolicy, parsePolicyObject } from '../../src/policy/index.js';
 import { createSandboxRuntime, type SandboxRuntime } from '../../src/sandbox/index.js';
@@ -24,36 +24,11 @@ import {
   startSupervisor,
   type Supervisor,
 } from '../../src/supervisor/index.js';
+import { spawnServe } from '../helpers/serve.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
 import { request, serverEngineConfig, type Res } from '../server/helpers.js';
 
 const isRoot = process.getuid?.() === 0;
-const CLI = join(import.meta.dirname, '..', 'server', 'cli-entry.ts');
-
-interface Upstream {
-  port: number;
-  hits: string[];
-  close(): Promise<void>;
-}
-
-async function startUpstream(): Promise<Upstream> {
-  const hits: string[] = [];
-  const server: Server = createServer((req, res) => {
-    hits.push(req.url ?? '');
-    // /slow answers after 1.5 s, so a connection stays open through the gateway meanwhile.
-    const delay = req.url === '/slow' ? 1500 : 0;
-    setTimeout(() => res.end(`upstream ${req.url ?? ''}`), delay);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    port: (server.address() as AddressInfo).port,
-    hits,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
-}
 
 async function waitFor<T>(
   check: () => T | undefined | false | Promise<T | undefined | false>,
@@ -549,50 +524,21 @@ interface Served {
 const UID_START = 1_760_000_000 + (process.pid % 5000) * 100;
 
 async function serve(dataDir: string, extra: string[]): Promise<Served> {
-  const child = spawn(
-    process.execPath,
-    [
-      '--import',
-      'tsx',
-      CLI,
-      'serve',
-      '--port',
-      '0',
-      '--data-dir',
-      dataDir,
-      '--log-level',
-      'silent',
-      '--engine-uids',
-      `${UID_START}:100`,
-      '--engine-cgroup',
-      `palisade-supnet-${process.pid}`,
-      ...extra,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  let out = '';
-  let err = '';
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`serve did not start: ${out} ${err}`)), 60_000);
-    const check = () => {
-      const url = /listening on (http:\/\/\S+)/.exec(out)?.[1];
-      const key = /^Admin API key: (\S+)$/m.exec(out)?.[1];
-      if (url && key && /HTTP worker pid \d+/.test(err)) {
-        clearTimeout(timer);
-        resolve({ child, url, adminKey: key, exited });
-      }
-    };
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      check();
-    });
-    child.stderr!.on('data', (d: Buffer) => {
-      err += d.toString();
-      check();
-    });
-    void exited.then((code) => reject(new Error(`serve exited ${code}: ${out} ${err}`)));
+  const served = await spawnServe({
+    dataDir,
+    logLevel: 'silent',
+    engineUids: { start: UID_START, count: 100 },
+    engineCgroup: `palisade-supnet-${process.pid}`,
+    args: extra,
+    waitForAdminKey: true,
+    waitForWorker: true,
   });
+  return {
+    child: served.child,
+    url: served.url,
+    adminKey: served.adminKey!,
+    exited: served.exited,
+  };
 }
 
 describe(

@@ -1,87 +1,19 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import {
-  chmodSync,
-  existsSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  rmSync,
-  statSync,
-} from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { lookupUser } from '../../src/supervisor/index.js';
+import { listenerPid, pidsInUidRange as pidsInRange, statusOf } from '../helpers/processes.js';
+import { spawnServe } from '../helpers/serve.js';
 import { request } from '../server/helpers.js';
 
-const CLI = join(import.meta.dirname, '..', 'server', 'cli-entry.ts');
 const UID_START = 1_780_000_000 + (process.pid % 5000) * 100;
 const UID_COUNT = 100;
 const isRoot = process.getuid?.() === 0;
 
-function statusOf(pid: number): { uid: number[]; gid: number[]; groups: number[]; capEff: string } {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const nums = (key: string) =>
-    (new RegExp(`^${key}:\\s*(.*)$`, 'm').exec(status)?.[1] ?? '')
-      .trim()
-      .split(/\s+/)
-      .filter((x) => x.length > 0)
-      .map(Number);
-  return {
-    uid: nums('Uid'),
-    gid: nums('Gid'),
-    groups: nums('Groups'),
-    capEff: /^CapEff:\s*(\S+)/m.exec(status)?.[1] ?? '',
-  };
-}
-
-/** The pid of the process holding the IPv4 socket that listens on `port`. */
-function listenerPid(port: number): number | undefined {
-  const hex = port.toString(16).toUpperCase().padStart(4, '0');
-  const inodes = new Set<string>();
-  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    for (const line of readFileSync(file, 'utf8').split('\n').slice(1)) {
-      const f = line.trim().split(/\s+/);
-      if (f.length > 9 && f[1]?.endsWith(`:${hex}`) && f[3] === '0A') inodes.add(f[9]!);
-    }
-  }
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let fds: string[];
-    try {
-      fds = readdirSync(`/proc/${entry}/fd`);
-    } catch {
-      continue;
-    }
-    for (const fd of fds) {
-      try {
-        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${entry}/fd/${fd}`));
-        if (m && inodes.has(m[1]!)) return Number(entry);
-      } catch {
-        // closed meanwhile
-      }
-    }
-  }
-  return undefined;
-}
-
-function pidsInUidRange(): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const status = readFileSync(`/proc/${entry}/status`, 'utf8');
-      if (/^State:\s+Z/m.test(status)) continue;
-      const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1] ?? -1);
-      if (uid >= UID_START && uid < UID_START + UID_COUNT) out.push(Number(entry));
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
+const pidsInUidRange = () => pidsInRange(UID_START, UID_COUNT);
 
 interface Served {
   child: ChildProcess;
@@ -92,54 +24,15 @@ interface Served {
 }
 
 async function serve(dataDir: string, extra: string[] = []): Promise<Served> {
-  const child = spawn(
-    process.execPath,
-    [
-      '--import',
-      'tsx',
-      CLI,
-      'serve',
-      '--port',
-      '0',
-      '--data-dir',
-      dataDir,
-      '--log-level',
-      'silent',
-      '--engine-uids',
-      `${UID_START}:${UID_COUNT}`,
-      '--engine-cgroup',
-      `palisade-suptest-${process.pid}`,
-      ...extra,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  let out = '';
-  let err = '';
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`serve did not start: ${out} ${err}`)), 60_000);
-    const check = () => {
-      const url = /listening on (http:\/\/\S+)/.exec(out)?.[1];
-      const worker = /HTTP worker pid (\d+)/.exec(err)?.[1];
-      if (url && worker) {
-        clearTimeout(timer);
-        resolve({
-          child,
-          url,
-          adminKey: /^Admin API key: (\S+)$/m.exec(out)?.[1],
-          workerPid: Number(worker),
-          exited,
-        });
-      }
-    };
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      check();
-    });
-    child.stderr!.on('data', check);
-    void exited.then((code) => reject(new Error(`serve exited ${code}: ${out} ${err}`)));
+  const served = await spawnServe({
+    dataDir,
+    logLevel: 'silent',
+    engineUids: { start: UID_START, count: UID_COUNT },
+    engineCgroup: `palisade-suptest-${process.pid}`,
+    args: extra,
+    waitForWorker: true,
   });
+  return { ...served, workerPid: served.workerPid! };
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -294,41 +187,15 @@ describe('palisade serve as root: privilege separation', { skip: !isRoot && 'nee
   });
 
   it('--single-process keeps one root process', async () => {
-    const single = await new Promise<{ child: ChildProcess; url: string; err: string }>(
-      (resolve, reject) => {
-        const child = spawn(
-          process.execPath,
-          [
-            '--import',
-            'tsx',
-            CLI,
-            'serve',
-            '--port',
-            '0',
-            '--data-dir',
-            dataDir,
-            '--log-level',
-            'silent',
-            '--engine-uids',
-            `${UID_START}:${UID_COUNT}`,
-            '--engine-cgroup',
-            `palisade-suptest-${process.pid}`,
-            '--single-process',
-          ],
-          { stdio: ['ignore', 'pipe', 'pipe'] },
-        );
-        children.push(child);
-        let out = '';
-        let err = '';
-        child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-        child.stdout!.on('data', (d: Buffer) => {
-          out += d.toString();
-          const url = /listening on (http:\/\/\S+)/.exec(out)?.[1];
-          if (url) resolve({ child, url, err });
-        });
-        child.once('exit', (code) => reject(new Error(`exited ${code}: ${out} ${err}`)));
-      },
-    );
+    const spawned = await spawnServe({
+      dataDir,
+      logLevel: 'silent',
+      engineUids: { start: UID_START, count: UID_COUNT },
+      engineCgroup: `palisade-suptest-${process.pid}`,
+      args: ['--single-process'],
+      onSpawn: (child) => children.push(child),
+    });
+    const single = { child: spawned.child, url: spawned.url, err: spawned.output().stderr };
     const listener = listenerPid(Number(new URL(single.url).port));
     assert.equal(listener, single.child.pid);
     assert.match(single.err, /--single-process: the HTTP server runs as root/);
